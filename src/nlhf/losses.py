@@ -33,8 +33,14 @@ def check_step_sizes(eta: float, tau: float) -> None:
 
 
 def omd_log_ratio(
-    logp_a: Tensor, logp_b: Tensor, ref_a: Tensor, ref_b: Tensor, old_a: Tensor, old_b: Tensor,
-    eta: float, tau: float,
+    logp_a: Tensor,
+    logp_b: Tensor,
+    ref_a: Tensor,
+    ref_b: Tensor,
+    old_a: Tensor,
+    old_b: Tensor,
+    eta: float,
+    tau: float,
 ) -> Tensor:
     """h_t(pi; a, b): pi's log-ratio on the pair minus that of the OMD prior."""
     mix = tau / eta
@@ -47,8 +53,15 @@ def omd_regression_loss(h: Tensor, target: Tensor | float, weight: Tensor | None
 
 
 def inpo_loss(
-    logp_w: Tensor, logp_l: Tensor, ref_w: Tensor, ref_l: Tensor, old_w: Tensor, old_l: Tensor,
-    eta: float, tau: float, weight: Tensor | None = None,
+    logp_w: Tensor,
+    logp_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    old_w: Tensor,
+    old_l: Tensor,
+    eta: float,
+    tau: float,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """INPO (Zhang et al. 2024): E[(h_t(pi; y_w, y_l) − 1/(2 eta))²] on self-play pairs.
 
@@ -63,10 +76,20 @@ def inpo_loss(
 
 
 def enpo_step_a_loss(
-    logp_a: Tensor, logp_b: Tensor, ref_a: Tensor, ref_b: Tensor, old_a: Tensor, old_b: Tensor,
-    score_a: Tensor, score_b: Tensor, eta: float, tau: float,
-    alpha: float = 0.0, logp_fresh: Tensor | None = None,
-    weight: Tensor | None = None, fresh_weight: Tensor | None = None,
+    logp_a: Tensor,
+    logp_b: Tensor,
+    ref_a: Tensor,
+    ref_b: Tensor,
+    old_a: Tensor,
+    old_b: Tensor,
+    score_a: Tensor,
+    score_b: Tensor,
+    eta: float,
+    tau: float,
+    alpha: float = 0.0,
+    logp_fresh: Tensor | None = None,
+    weight: Tensor | None = None,
+    fresh_weight: Tensor | None = None,
 ) -> Tensor:
     """ENPO Step A: E[(h_t(pi; y, y') − (I(y) − I(y'))/eta)²] − alpha·E_{z̃~pi_t}[log pi(z̃)].
 
@@ -83,8 +106,13 @@ def enpo_step_a_loss(
 
 
 def dpo_loss(
-    logp_w: Tensor, logp_l: Tensor, base_w: Tensor, base_l: Tensor, beta: float,
-    label: Tensor | float = 1.0, weight: Tensor | None = None,
+    logp_w: Tensor,
+    logp_l: Tensor,
+    base_w: Tensor,
+    base_l: Tensor,
+    beta: float,
+    label: Tensor | float = 1.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """DPO: softplus(−beta·(Δ_pi − Δ_base)), with an optional soft label P(w ≻ l).
 
@@ -99,7 +127,11 @@ def dpo_loss(
 
 
 def online_dpo_loss(
-    logp_w: Tensor, logp_l: Tensor, ref_w: Tensor, ref_l: Tensor, beta: float,
+    logp_w: Tensor,
+    logp_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    beta: float,
     weight: Tensor | None = None,
 ) -> Tensor:
     """Online DPO: the DPO loss against pi_ref on pairs sampled from pi_t and judged."""
@@ -107,7 +139,11 @@ def online_dpo_loss(
 
 
 def online_ipo_loss(
-    logp_w: Tensor, logp_l: Tensor, ref_w: Tensor, ref_l: Tensor, beta: float,
+    logp_w: Tensor,
+    logp_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    beta: float,
     weight: Tensor | None = None,
 ) -> Tensor:
     """Online IPO (Azar et al. 2023): (Δ_pi − Δ_ref − 1/(2 beta))²."""
@@ -118,8 +154,14 @@ def online_ipo_loss(
 
 
 def xpo_loss(
-    logp_w: Tensor, logp_l: Tensor, ref_w: Tensor, ref_l: Tensor, beta: float, alpha: float,
-    logp_ref_samples: Tensor, weight: Tensor | None = None,
+    logp_w: Tensor,
+    logp_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    beta: float,
+    alpha: float,
+    logp_ref_samples: Tensor,
+    weight: Tensor | None = None,
     ref_sample_weight: Tensor | None = None,
 ) -> Tensor:
     """XPO (Xie et al. 2024): DPO loss + alpha·E_{ỹ~pi_ref}[log pi(ỹ)].
@@ -132,7 +174,11 @@ def xpo_loss(
 
 
 def sppo_loss(
-    logp: Tensor, old: Tensor, win_rate: Tensor, eta: float, weight: Tensor | None = None,
+    logp: Tensor,
+    old: Tensor,
+    win_rate: Tensor,
+    eta: float,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """SPPO (Wu et al. 2024): (log pi(y)/pi_t(y) − (P̂(y ≻ pi_t) − 1/2)/eta)²."""
     if eta <= 0:
@@ -141,8 +187,15 @@ def sppo_loss(
 
 
 def nash_md_loss(
-    logp_w: Tensor, logp_l: Tensor, ref_w: Tensor, ref_l: Tensor, old_w: Tensor, old_l: Tensor,
-    eta: float, tau: float, weight: Tensor | None = None,
+    logp_w: Tensor,
+    logp_l: Tensor,
+    ref_w: Tensor,
+    ref_l: Tensor,
+    old_w: Tensor,
+    old_l: Tensor,
+    eta: float,
+    tau: float,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Nash-MD's mirror-descent step, pi ∝ mu_t·exp(P(· ≻ mu_t)/eta) with
     mu_t ∝ pi_t^{1−tau/eta}·pi_ref^{tau/eta}, as a regression on pairs y, y' ~ mu_t.
@@ -154,8 +207,13 @@ def nash_md_loss(
 
 
 def denpo_step_b_loss(
-    adv_w: Tensor, adv_l: Tensor, old_w: Tensor, old_l: Tensor, beta: float,
-    label: Tensor | float = 1.0, weight: Tensor | None = None,
+    adv_w: Tensor,
+    adv_l: Tensor,
+    old_w: Tensor,
+    old_l: Tensor,
+    beta: float,
+    label: Tensor | float = 1.0,
+    weight: Tensor | None = None,
 ) -> Tensor:
     """DENPO Step B: DPO against pi_t on synthetic pairs ranked by s·(log pi_{t+1} − log pi_t).
 

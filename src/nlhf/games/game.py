@@ -54,10 +54,14 @@ class Game:
         return Game(self.P, self.ref, tau, self.d0, self.name)
 
 
-def validate(P: np.ndarray, ref: np.ndarray, tau: float, d0: np.ndarray, where: str = "game") -> None:
+def validate(
+    P: np.ndarray, ref: np.ndarray, tau: float, d0: np.ndarray, where: str = "game"
+) -> None:
     """Raise NLHFInputError with a one-line message naming the broken field and the fix."""
     if P.ndim != 3 or P.shape[1] != P.shape[2]:
-        raise NLHFInputError(f"{where}: field 'P' must have shape (C, K, K) or (K, K), got {P.shape}")
+        raise NLHFInputError(
+            f"{where}: field 'P' must have shape (C, K, K) or (K, K), got {P.shape}"
+        )
     C, K, _ = P.shape
     if K < 2:
         raise NLHFInputError(f"{where}: field 'P' needs at least 2 responses, got K={K}")

@@ -32,8 +32,9 @@ def needle(K: int = 8, c: float = 0.25, tau: float = 0.1) -> Game:
     return Game(P, ref, tau, name="needle")
 
 
-def cyclic(K: int = 3, contexts: int = 4, strength: float = 0.8, tau: float = 0.1,
-           seed: int = 0) -> Game:
+def cyclic(
+    K: int = 3, contexts: int = 4, strength: float = 0.8, tau: float = 0.1, seed: int = 0
+) -> Game:
     """Rock-paper-scissors families: circulant skew preferences, y_i beats y_{i+1..}."""
     rng = np.random.default_rng(seed)
     idx = np.arange(K)
@@ -46,8 +47,14 @@ def cyclic(K: int = 3, contexts: int = 4, strength: float = 0.8, tau: float = 0.
     return Game(np.stack(Ps), np.stack(refs), tau, name="cyclic")
 
 
-def gbpm(K: int = 8, rank: int = 2, contexts: int = 4, scale: float = 2.0, tau: float = 0.1,
-         seed: int = 0) -> Game:
+def gbpm(
+    K: int = 8,
+    rank: int = 2,
+    contexts: int = 4,
+    scale: float = 2.0,
+    tau: float = 0.1,
+    seed: int = 0,
+) -> Game:
     """General bilinear preferences: P(i ≻ j) = σ(v_iᵀ R v_j), R skew-symmetric of rank 2·rank."""
     rng = np.random.default_rng(seed)
     block = np.array([[0.0, 1.0], [-1.0, 0.0]])
@@ -60,8 +67,9 @@ def gbpm(K: int = 8, rank: int = 2, contexts: int = 4, scale: float = 2.0, tau: 
     return Game(np.stack(Ps), np.stack(refs), tau, name="gbpm")
 
 
-def bt(K: int = 8, contexts: int = 4, link: str = "logistic", tau: float = 0.1,
-       seed: int = 0) -> Game:
+def bt(
+    K: int = 8, contexts: int = 4, link: str = "logistic", tau: float = 0.1, seed: int = 0
+) -> Game:
     """Transitive Bradley–Terry preferences from random rewards.
 
     ``link='linear'`` gives P = 1/2 + (r_i − r_j)/2 with r in [0, 1], whose regularised Nash
@@ -91,7 +99,9 @@ def make_instance(name: str, K: int, c: float, tau: float, seed: int = 0, rank: 
         return gbpm(K, rank=rank, tau=tau, seed=seed)
     if name == "bt":
         return bt(K, tau=tau, seed=seed)
-    raise NLHFInputError(f"--instance: unknown instance {name!r}; choose one of {', '.join(INSTANCES)}")
+    raise NLHFInputError(
+        f"--instance: unknown instance {name!r}; choose one of {', '.join(INSTANCES)}"
+    )
 
 
 def load_game(path: str | Path, tau: float | None = None) -> Game:

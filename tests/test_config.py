@@ -1,0 +1,250 @@
+"""Trainer config: defaults, one-line errors naming the field, overrides, recipe and plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nlhf.config import TrainConfig, dump_config, load_config, parse_overrides
+from nlhf.errors import NLHFInputError
+from nlhf.plan import format_plan, make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "configs" / "llama3-8b-enpo.yaml"
+
+
+def _cfg(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _error(path: Path, overrides: dict | None = None) -> str:
+    with pytest.raises(NLHFInputError) as ei:
+        load_config(path, overrides)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(str(path))
+    return msg
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_cfg(tmp_path, ""))
+    assert cfg == TrainConfig()
+    assert cfg.algorithm == "enpo" and cfg.iterations == 3
+    assert cfg.hparams.eta == 7.5e-3 and cfg.hparams.tau == 2.5e-3
+    assert cfg.model.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert cfg.judge == {"type": "criteria"} and cfg.sweep is None
+
+
+def test_empty_section_means_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_cfg(tmp_path, "hparams:\nrollout:\n  max_new_tokens: 16\n"))
+    assert cfg.hparams == TrainConfig().hparams and cfg.rollout.max_new_tokens == 16
+
+
+def test_unknown_algorithm_lists_choices(tmp_path: Path) -> None:
+    msg = _error(_cfg(tmp_path, {"algorithm": "ppo"}))
+    assert "field 'algorithm'" in msg and "'ppo'" in msg
+    for choice in ("enpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"):
+        assert choice in msg
+
+
+def test_tau_must_be_below_eta(tmp_path: Path) -> None:
+    msg = _error(_cfg(tmp_path, {"hparams": {"tau": 0.01, "eta": 0.005}}))
+    assert "field 'hparams.tau'" in msg
+    assert "tau (0.01) must be < eta (0.005): eta is the inverse step size" in msg
+    _error(_cfg(tmp_path, {"hparams": {"tau": 0.005, "eta": 0.005}}))
+    # Algorithms without the tau/eta mixture accept it.
+    cfg = load_config(_cfg(tmp_path, {"algorithm": "xpo", "hparams": {"tau": 0.01, "eta": 0.005}}))
+    assert cfg.algorithm == "xpo"
+
+
+def test_sweep_points_checked(tmp_path: Path) -> None:
+    msg = _error(
+        _cfg(tmp_path, {"sweep": [{"eta": 0.01, "tau": 0.001}, {"eta": 1e-3, "tau": 1e-2}]})
+    )
+    assert "field 'sweep.1.tau'" in msg
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("hparams", "eta", 0),
+        ("hparams", "tau", -1e-3),
+        ("hparams", "beta", 0),
+        ("hparams", "alpha", -0.1),
+        ("hparams", "s", 0),
+        ("hparams", "n_comparators", 0),
+        ("hparams", "step_b_candidates", 0),
+        ("hparams", "pairs_per_prompt", -1),
+        ("data", "prompts_per_iteration", 0),
+        ("rollout", "top_p", 1.5),
+        ("rollout", "temperature", 0),
+        ("train", "learning_rate", 0),
+        ("train", "weight_decay", -1),
+        ("eval", "max_new_tokens", 0),
+    ],
+)
+def test_non_positive_values_name_the_field(
+    tmp_path: Path, section: str, key: str, value: float
+) -> None:
+    msg = _error(_cfg(tmp_path, {section: {key: value}}))
+    assert f"field '{section}.{key}'" in msg
+
+
+def test_non_positive_iterations(tmp_path: Path) -> None:
+    assert "field 'iterations'" in _error(_cfg(tmp_path, {"iterations": 0}))
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "allowed"),
+    [
+        ({"hparams": {"etta": 0.1}}, "hparams.etta", "eta"),
+        ({"model": {"lora": {"rank": 8}}}, "model.lora.rank", "target_modules"),
+        ({"itertions": 2}, "itertions", "iterations"),
+    ],
+)
+def test_unknown_field(tmp_path: Path, data: dict, field: str, allowed: str) -> None:
+    msg = _error(_cfg(tmp_path, data))
+    assert f"field '{field}'" in msg and "unknown field" in msg and allowed in msg
+
+
+def test_judge_type_required_and_checked(tmp_path: Path) -> None:
+    assert "field 'judge.type'" in _error(_cfg(tmp_path, {"judge": {"model": "x"}}))
+    msg = _error(_cfg(tmp_path, {"judge": {"type": "oracle"}}))
+    assert "field 'judge.type'" in msg and "reward-model" in msg
+    cfg = load_config(_cfg(tmp_path, {"judge": {"type": "openai", "url": "http://x"}}))
+    assert cfg.judge["url"] == "http://x"
+
+
+def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
+    msg = _error(_cfg(tmp_path, "hparams:\n  eta: [1, 2\n"))
+    assert "not valid YAML" in msg and "line" in msg
+    msg = _error(_cfg(tmp_path, "- a\n- b\n"))
+    assert "mapping" in msg
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(NLHFInputError, match="config file not found"):
+        load_config(missing)
+
+
+def test_overrides_merge(tmp_path: Path) -> None:
+    path = _cfg(tmp_path, {"hparams": {"eta": 0.02, "beta": 0.1}, "seed": 4})
+    cfg = load_config(path, {"hparams.eta": 0.01, "rollout.backend": "vllm", "iterations": 5})
+    assert cfg.hparams.eta == 0.01 and cfg.hparams.beta == 0.1  # sibling kept
+    assert cfg.rollout.backend == "vllm" and cfg.iterations == 5 and cfg.seed == 4
+    msg = _error(path, {"hparams.tau": 0.5})
+    assert "field 'hparams.tau' (set by override)" in msg
+    assert "unknown field" in _error(path, {"hparams.nope": 1})
+
+
+def test_parse_overrides_reads_yaml_values() -> None:
+    out = parse_overrides(
+        [
+            "hparams.eta=0.01",
+            "model.lora.target_modules=[q_proj, v_proj]",
+            "model.trust_remote_code=true",
+            "run_dir=runs/x",
+        ]
+    )
+    assert out == {
+        "hparams.eta": 0.01,
+        "model.lora.target_modules": ["q_proj", "v_proj"],
+        "model.trust_remote_code": True,
+        "run_dir": "runs/x",
+    }
+    with pytest.raises(NLHFInputError, match="key=value"):
+        parse_overrides(["hparams.eta"])
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(RECIPE, {"seed": 7})
+    out = dump_config(cfg, tmp_path / "run" / "config.yaml")
+    assert load_config(out) == cfg
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_paper_recipe_loads_with_published_settings() -> None:
+    cfg = load_config(RECIPE)
+    h = cfg.hparams
+    assert cfg.algorithm == "enpo" and cfg.iterations == 3
+    assert cfg.model.name == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert cfg.model.dtype == "bfloat16" and cfg.rollout.backend == "vllm"
+    assert (h.eta, h.tau, h.alpha, h.beta, h.s) == (7.5e-3, 2.5e-3, 1e-3, 0.05, 1.0)
+    assert (h.n_comparators, h.step_b_candidates, h.pairs_per_prompt) == (4, 2, 1)
+    assert cfg.data.prompts == "hf:openbmb/UltraFeedback:train:instruction"
+    assert cfg.data.prompts_per_iteration == 20000
+    assert cfg.judge == {
+        "type": "reward-model",
+        "model": "Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M",
+    }
+    assert [(p.eta, p.tau) for p in cfg.sweep or []] == [
+        (7.5e-3, 2.5e-3),
+        (3.75e-3, 2.5e-3),
+        (1.875e-3, 1.25e-3),
+        (0.9375e-3, 0.625e-3),
+    ]
+
+
+def test_paper_recipe_plan_counts() -> None:
+    plan = make_plan(load_config(RECIPE), n_train_prompts=63_000)
+    # Per prompt: 1 pair = 2 responses (y, y'), each compared with 4 comparators
+    # -> 8 comparisons, each judged in both orders -> 16 calls.
+    assert plan["judge"]["comparisons_per_prompt"] == 8
+    assert plan["judge"]["calls_per_round"] == 20_000 * 16 == 320_000
+    assert plan["judge"]["calls_total"] == 3 * 320_000 == 960_000
+    # Generations: y + y' + 4 comparators + 2 Step B candidates + 1 proximal = 9.
+    assert plan["generations"]["per_prompt_total"] == 9
+    assert plan["generations"]["per_round"] == 180_000
+    assert plan["generations"]["total"] == 540_000
+    assert plan["sweep_runs"] == 4 and plan["all_runs"]["judge_calls"] == 4 * 960_000
+    assert plan["memory"]["params"] == 8_030_261_248
+    assert plan["memory"]["weights_bytes"] == 8_030_261_248 * 2
+    assert plan["warnings"] == []
+    text = format_plan(plan)
+    assert "960,000" in text and "8.03B" in text
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "gens", "calls"),
+    [
+        ("inpo", 2, 2),
+        ("online-dpo", 2, 2),
+        ("online-ipo", 2, 2),
+        ("nash-md", 2, 2),
+        ("xpo", 2, 2),
+        ("sppo", 1 + 4, 2 * 4),
+    ],
+)
+def test_plan_accounting_per_algorithm(algorithm: str, gens: int, calls: int) -> None:
+    plan = make_plan(TrainConfig(algorithm=algorithm))
+    assert plan["prompts_per_round"] == 64
+    assert plan["generations"]["per_prompt_total"] == gens
+    assert plan["judge"]["calls_per_round"] == 64 * calls
+    assert plan["judge"]["calls_total"] == 3 * 64 * calls
+
+
+def test_plan_default_small_model_lora_memory() -> None:
+    plan = make_plan(TrainConfig(), n_train_prompts=40)
+    assert plan["prompts_per_round"] == 40 and plan["warnings"]
+    mem = plan["memory"]
+    assert mem["params"] == 134_515_008 and mem["weights_bytes"] == 134_515_008 * 4
+    # LoRA r=16 on q,k,v,o: 16*((576+576)*2 + (576+192)*2) per layer, 30 layers.
+    assert mem["trainable_params"] == 16 * (2304 + 1536) * 30
+    assert mem["optimizer_bytes"] == 8 * mem["trainable_params"]
+
+
+def test_plan_unknown_model(tmp_path: Path) -> None:
+    plan = make_plan(TrainConfig(model={"name": str(tmp_path / "nothing")}))
+    assert plan["memory"]["params"] == "unknown"
+    assert "unknown" in format_plan(plan)
+
+
+def test_plan_reads_local_config_json(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        '{"hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,'
+        ' "vocab_size": 49152, "num_attention_heads": 9, "num_key_value_heads": 3,'
+        ' "tie_word_embeddings": true}'
+    )
+    plan = make_plan(TrainConfig(model={"name": str(tmp_path)}))
+    assert plan["memory"]["params"] == 134_515_008
