@@ -64,6 +64,11 @@ class HParams(_Strict):
     n_comparators: int = Field(4, gt=0)
     step_b_candidates: int = Field(2, gt=0)
     pairs_per_prompt: int = Field(1, gt=0)
+    step_b_labels: Literal["hard", "soft"] = Field(
+        "hard",
+        description="DENPO Step B labels: 'hard' (the paper's winner/loser pairs) or 'soft' "
+        "(sigmoid of the score gap, whose DPO fit is the exact tilted adversary)",
+    )
 
     @field_validator("s")
     @classmethod

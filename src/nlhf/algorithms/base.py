@@ -15,14 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.special import log_softmax
-from torch.func import grad, jacfwd, vmap
+from torch.func import vmap
 
 from nlhf.games.game import Game
 
 
 @dataclass(frozen=True)
 class LabSettings:
-    """Hyperparameters of the tabular lab (SPEC §3); eta defaults to 2·tau + 0.5."""
+    """Hyperparameters of the tabular lab (SPEC §3); eta defaults to 4·tau + 0.25.
+
+    The prototype's 2·tau + 0.5 gives a needle-discovery time proportional to eta/tau; a
+    larger tau-proportional part keeps that ratio flatter across tau (docs/claims.md).
+    """
 
     tau: float
     eta: float | None = None
@@ -35,10 +39,26 @@ class LabSettings:
     s: float = 1.0  # DENPO tilt sign/scale
     xpo_alpha: float = 1e-3  # XPO optimism weight
     optimism: float = 1.0  # minimax oracle: confidence-bound scale
+    eta_schedule: str = "harmonic"  # or "constant"
 
     @property
-    def step_eta(self) -> float:
-        return 2.0 * self.tau + 0.5 if self.eta is None else self.eta
+    def base_eta(self) -> float:
+        return 4.0 * self.tau + 0.25 if self.eta is None else self.eta
+
+    def eta_at(self, t: int) -> float:
+        """eta for round t (0-based). ``harmonic``: max(eta, tau·(t+1)).
+
+        With a constant eta the noisy bandit targets keep the iterates jittering at a floor
+        of order (label variance)/eta, so regret grows linearly on games with an interior
+        equilibrium. Once tau·(t+1) exceeds eta, the prior weight tau/eta_t = 1/(t+1) makes
+        the update an average of all past regularised best-response estimates, which
+        averages the noise away; early rounds keep the large constant steps.
+        """
+        if self.eta_schedule == "constant":
+            return self.base_eta
+        if self.eta_schedule == "harmonic":
+            return max(self.base_eta, self.tau * (t + 1))
+        raise ValueError(f"eta_schedule must be 'constant' or 'harmonic', got {self.eta_schedule!r}")
 
 
 class BanditOracle:
@@ -73,42 +93,48 @@ def newton_minimise(
     theta0: np.ndarray,
     data: tuple[torch.Tensor, ...],
     max_steps: int = 30,
-    tol: float = 1e-10,
+    tol: float = 1e-14,
     quadratic: bool = False,
 ) -> np.ndarray:
     """Minimise ``objective(theta_b, *data_b)`` for every seed b; return log-softmax(theta).
 
-    The objective must be strictly convex in the logits (the ridge makes it so). With
-    ``quadratic=True`` one exact Newton step is taken and no convergence check is spent.
+    The objective must be strictly convex in the logits (the ridge makes it so) and separable
+    over contexts (true of every tabular objective: a pair lives in one context), so its
+    Hessian is block-diagonal and K double-backward passes give every (seed, context) block.
+    With ``quadratic=True`` one exact Newton step is taken and no convergence check is spent.
     """
-    B, C, K = theta0.shape
     theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
-
-    def gradient(t, *d):
-        g = grad(objective)(t, *d)
-        return g, g
-
-    hess_and_grad = vmap(jacfwd(gradient, has_aux=True))
+    K = theta.shape[-1]
     value = vmap(objective)
+
+    def newton_direction(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = theta.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(value(leaf, *data).sum(), leaf, create_graph=True)
+        rows = [
+            torch.autograd.grad(g[..., k].sum(), leaf, retain_graph=k < K - 1)[0]
+            for k in range(K)
+        ]
+        H = torch.stack(rows, dim=-2)  # (B, C, K, K): H[b, c, k, :]
+        g = g.detach()
+        step = torch.linalg.solve(H, g[..., None])[..., 0]
+        return step, (g * step).sum(dim=(-2, -1))
+
     for _ in range(1 if quadratic else max_steps):
-        H, g = hess_and_grad(theta, *data)
-        g = g.reshape(B, C * K)
-        if not quadratic and g.abs().max() < tol:
-            break
-        step = torch.linalg.solve(H.reshape(B, C * K, C * K), g).reshape(B, C, K)
-        if quadratic:
+        step, decrement = newton_direction(theta)  # decrement: Newton decrement², ≥ 0
+        if quadratic or bool((decrement < tol).all()):
             theta = theta - step
             break
-        f0 = value(theta, *data)
-        scale = torch.ones(B, dtype=torch.float64)
-        for _ in range(40):  # backtracking per seed
-            cand = theta - scale[:, None, None] * step
-            ok = value(cand, *data) <= f0 - 1e-4 * scale * (g * step.reshape(B, -1)).sum(-1)
-            if bool(ok.all()):
-                break
-            scale = torch.where(ok, scale, scale / 2)
+        with torch.no_grad():
+            f0 = value(theta, *data)
+            scale = torch.ones_like(f0)
+            for _ in range(30):  # backtracking per seed, Armijo with rounding slack
+                f1 = value(theta - scale[:, None, None] * step, *data)
+                ok = f1 <= f0 - 0.25 * scale * decrement + 1e-12 * f0.abs()
+                if bool(ok.all()):
+                    break
+                scale = torch.where(ok, scale, scale / 2)
         theta = theta - scale[:, None, None] * step
-    return log_softmax(theta.numpy(), axis=-1)
+    return log_softmax(theta.detach().numpy(), axis=-1)
 
 
 def gather(logp: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -137,6 +163,11 @@ class TabularAlgorithm(ABC):
         self.log_ref = np.broadcast_to(np.log(game.ref), (n_seeds, *game.ref.shape)).copy()
         self.logp = self.log_ref.copy()  # pi_1 = pi_ref
         self.t = 0
+
+    @property
+    def eta(self) -> float:
+        """This round's eta (see LabSettings.eta_at)."""
+        return self.settings.eta_at(self.t)
 
     @property
     def policy(self) -> np.ndarray:

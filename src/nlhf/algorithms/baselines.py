@@ -102,7 +102,7 @@ class SPPO(TabularAlgorithm):
 
     def step(self) -> None:
         st = self.settings
-        eta = st.step_eta
+        eta = self.eta
         ctx = self.contexts(st.pairs)
         y = sample_from(self.rng, self.logp, ctx)
         nz = st.comparators

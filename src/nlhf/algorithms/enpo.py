@@ -63,7 +63,7 @@ class ENPO(TabularAlgorithm):
 
     def step_a(self, ctx, a, b, score_a, score_b, fresh_ctx, fresh) -> np.ndarray:
         st = self.settings
-        eta, tau = st.step_eta, st.tau
+        eta, tau = self.eta, st.tau
         prior = omd_prior(self.logp, self.log_ref, tau, eta)
 
         def objective(theta, ctx, a, b, sa, sb, fctx, fresh, ref, old, prior):

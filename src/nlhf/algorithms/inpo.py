@@ -21,7 +21,7 @@ class INPO(TabularAlgorithm):
 
     def step(self) -> None:
         st = self.settings
-        eta, tau = st.step_eta, st.tau
+        eta, tau = self.eta, st.tau
         source = self.sampling_logp()
         ctx = self.contexts(st.pairs)
         y1, y2 = sample_from(self.rng, source, ctx), sample_from(self.rng, source, ctx)

@@ -23,4 +23,4 @@ class OMD(TabularAlgorithm):
 
     def step(self) -> None:
         st = self.settings
-        self.logp = omd_step(self.logp, self.log_ref, self.game.P, st.tau, st.step_eta)
+        self.logp = omd_step(self.logp, self.log_ref, self.game.P, st.tau, self.eta)

@@ -1,0 +1,235 @@
+"""``nlhf train``: iterative NLHF on a causal LM, resumable after a kill at any instant.
+
+Each round t runs resumable phases, each marked done in the run store with a small payload:
+``it{t}/generate`` (samples stored), ``it{t}/logprobs`` (forward passes stored),
+``it{t}/judge`` (labels; every comparison is also cached by the judge wrapper), the
+algorithm's training phases (``it{t}/step_a`` + ``it{t}/step_b`` for ENPO, ``it{t}/train``
+otherwise; each saves its adapter under ``adapters/iter_{t}/``) and ``it{t}/saved`` (metrics
+and state written). A resumed run loads the adapters of the last finished round, skips the
+finished phases and re-runs an unfinished one from the same weights and seed, so on one
+machine it ends with the same metrics and weights as an uninterrupted run, and it never asks
+the judge again for a stored comparison.
+
+Run-directory layout and the average-iterate helpers (:func:`policy_iterates`,
+:func:`sample_average_iterate`, for ``nlhf eval``): see :mod:`nlhf.trainer.rundir`.
+Test hook: with ``NLHF_TEST_KILL_AFTER=<checkpoint>`` in the environment the process SIGKILLs
+itself at that checkpoint (a phase key, ``it{t}/<phase>/step{k}`` after optimizer step k, or
+``it{t}/judge/chunk{k}`` after judge chunk k); without it the hook does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nlhf.config import TrainConfig, dump_config, load_config
+from nlhf.errors import NLHFInputError
+from nlhf.prompts import load_prompts, split_prompts
+from nlhf.store import RunStore
+from nlhf.trainer import LLM_ALGORITHMS, LLMAlgorithm
+from nlhf.trainer.base import RoundContext
+from nlhf.trainer.data import (
+    attach_logprobs,
+    load_round,
+    missing_logprobs,
+    round_prompts,
+    run_generation,
+    run_judge,
+    run_logprobs,
+)
+from nlhf.trainer.rundir import (
+    RunDir,
+    policy_iterates,
+    read_state,
+    remove_partial_writes,
+    run_lock,
+    sample_average_iterate,
+    write_metrics,
+    write_state,
+)
+
+if TYPE_CHECKING:
+    from nlhf.judges import CachedJudge
+    from nlhf.policies.lm import LMPolicy
+
+__all__ = ["KILL_ENV", "policy_iterates", "sample_average_iterate", "train"]
+
+KILL_ENV = "NLHF_TEST_KILL_AFTER"
+log = logging.getLogger(__name__)
+
+
+def _checkpoint(key: str) -> None:
+    """Test hook: die like a SIGKILLed run exactly at checkpoint ``key`` (inert by default)."""
+    if os.environ.get(KILL_ENV) == key:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir]:
+    """Check the run dir; a new run writes its config first, a resumed one reads it back."""
+    run = RunDir(Path(cfg.run_dir))
+    if resume:
+        if not run.config.is_file():
+            raise NLHFInputError(
+                f"run_dir: {run.root} has no config.yaml, so there is no run to resume; "
+                "start it without --resume"
+            )
+        stored = load_config(run.config).model_copy(update={"run_dir": str(run.root)})
+        given, kept = cfg.model_dump(), stored.model_dump()
+        changed = sorted(k for k in given if k != "run_dir" and given[k] != kept[k])
+        if changed:
+            log.warning("resume: using %s; ignoring changed sections: %s", run.config,
+                        ", ".join(changed))
+        return stored, run
+    if run.root.exists() and (not run.root.is_dir() or any(run.root.iterdir())):
+        raise NLHFInputError(
+            f"run_dir: {run.root} already exists; pass --resume to continue it or choose "
+            "another run_dir"
+        )
+    dump_config(cfg, run.config)
+    return cfg, run
+
+
+def _ensure_prompts(cfg: TrainConfig, store: RunStore) -> list[tuple[int, str]]:
+    """Train prompts from the store; the first start loads and splits the source once."""
+    if not store.prompts():
+        d = cfg.data
+        train, heldout = split_prompts(load_prompts(d.prompts, d.field, d.max_prompt_chars),
+                                       d.heldout, cfg.seed)
+        store.add_prompts([("train", p) for p in train] + [("heldout", p) for p in heldout])
+    return store.prompts("train")
+
+
+def _load_policy(cfg: TrainConfig) -> LMPolicy:
+    from nlhf.policies.lm import LMPolicy, LoraSettings
+
+    m = cfg.model
+    lora = LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
+                        target_modules=tuple(m.lora.target_modules))
+    return LMPolicy.from_name(m.name, finetune=m.finetune, lora=lora, dtype=m.dtype,
+                              trust_remote_code=m.trust_remote_code, seed=cfg.seed)
+
+
+def _restore(policy: LMPolicy, run: RunDir, iteration: int) -> None:
+    """Load the adapters saved after round ``iteration`` (0: keep the seeded initial ones)."""
+    if iteration < 1:
+        return
+    for adapter in ("policy", "adversary"):
+        path = run.adapter(iteration, adapter)
+        if path.exists():
+            policy.load_adapter(adapter, path)
+
+
+def _finite(values: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if np.isfinite(v)}
+
+
+def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
+           train_prompts: list[tuple[int, str]]) -> dict[str, float]:
+    """One iteration: collect, label, update; returns its metrics."""
+    cfg, t, policy = ctx.cfg, ctx.iteration, ctx.policy
+    prompts = round_prompts(train_prompts, cfg.data.prompts_per_iteration, cfg.seed, t)
+    tokens = [policy.encode_prompt(text) for _, text in prompts]
+    sources = algo.sources()
+    gen = ctx.phase("generate", lambda: run_generation(
+        policy, cfg, t, prompts, tokens, sources, ctx.store, ctx.progress))
+    data = load_round(ctx.store, t, prompts, tokens, sources, policy.device)
+
+    needs = [*algo.logprob_needs(), ("policy", "pi_t"), ("policy", "ref")]
+    lp = ctx.phase("logprobs", lambda: {"values": run_logprobs(
+        policy, data, missing_logprobs(data, needs), cfg.rollout.batch_size, ctx.progress)})
+    attach_logprobs(data, lp["values"])
+
+    def ask() -> dict[str, Any]:
+        hits, misses = judge.hits, judge.misses
+        probs = run_judge(judge, data, algo.comparisons(data), ctx.progress,
+                          on_chunk=lambda k: ctx.checkpoint(f"{ctx.key('judge')}/chunk{k}"))
+        return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits}
+
+    jp = ctx.phase("judge", ask)
+    probs = np.asarray(jp["probs"], dtype=np.float64)
+
+    metrics = dict(algo.judge_metrics(data, probs))
+    train_metrics = algo.update(ctx, data, probs)
+    pol = data.roles["policy"]
+    metrics["kl_policy_ref"] = float(np.mean(pol.logp["pi_t"] - pol.logp["ref"]))
+    metrics["response_len"] = float(np.mean([len(r) for r in pol.response_ids]))
+    for name, role in data.roles.items():
+        if name != "policy":
+            metrics[f"response_len_{name}"] = float(np.mean([len(r) for r in role.response_ids]))
+    metrics.update(train_metrics)
+    metrics["prompts"] = float(len(prompts))
+    metrics["judge_calls_total"] = float(ctx.store.count_judge_calls())
+    metrics["time_generate"] = gen["seconds"]
+    metrics["time_logprobs"] = lp["seconds"]
+    metrics["time_judge"] = jp["seconds"]
+    phases = ("generate", "logprobs", "judge", *algo.train_phases)
+    metrics["time_iteration"] = sum(metrics.get(f"time_{p}", 0.0) for p in phases)
+    return _finite(metrics)
+
+
+def _finish_round(ctx: RoundContext, metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics into the store (once), metrics.jsonl and state.json rewritten, round marked."""
+    t, store = ctx.iteration, ctx.store
+    if not any(i == t for i, _, _ in store.metrics()):
+        store.add_metrics(t, metrics)
+    write_metrics(ctx.run, store.metrics())
+    saved = [str(ctx.run.adapter(s, "policy").relative_to(ctx.run.root)) for s in range(1, t + 1)]
+    write_state(ctx.run, {"last_completed_iteration": t, "iterations": ctx.cfg.iterations,
+                          "algorithm": ctx.cfg.algorithm, "finetune": ctx.cfg.model.finetune,
+                          "policy_iterates": saved})
+    store.mark_done(ctx.key("saved"))
+    ctx.checkpoint(ctx.key("saved"))
+    return {name: value for i, name, value in store.metrics() if i == t}
+
+
+def _summary(t: int, total: int, m: dict[str, float]) -> str:
+    parts = [f"iter {t}/{total}"]
+    for key, fmt in (("score_policy", "{:.3f}"), ("score_adversary", "{:.3f}"),
+                     ("kl_policy_ref", "{:.3g}"), ("response_len", "{:.1f}"),
+                     ("step_a_loss", "{:.4g}"), ("step_b_loss", "{:.4g}"),
+                     ("train_loss", "{:.4g}"), ("time_iteration", "{:.1f}s")):
+        if key in m:
+            parts.append(f"{key} {fmt.format(m[key])}")
+    return "  ".join(parts)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or, with ``resume``, continue) a training run; returns the run directory."""
+    cfg, run = _prepare(cfg, resume)
+    with run_lock(run):
+        if resume:
+            remove_partial_writes(run)
+        _run(cfg, run, progress)
+    return run.root
+
+
+def _run(cfg: TrainConfig, run: RunDir, progress: bool) -> None:
+    store = RunStore(run.store)
+    try:
+        train_prompts = _ensure_prompts(cfg, store)
+        done = int(read_state(run.root).get("last_completed_iteration", 0))
+        if done >= cfg.iterations:
+            return
+        from rich.console import Console
+
+        from nlhf.judges import CachedJudge, make_judge
+
+        console = Console(stderr=True, quiet=not progress)
+        policy = _load_policy(cfg)
+        judge = CachedJudge(make_judge(cfg.judge), store)
+        algo = LLM_ALGORITHMS[cfg.algorithm](cfg)
+        _restore(policy, run, done)
+        for t in range(done + 1, cfg.iterations + 1):
+            start = time.perf_counter()
+            ctx = RoundContext(policy, cfg, t, store, run, progress, _checkpoint)
+            metrics = _finish_round(ctx, _round(ctx, algo, judge, train_prompts))
+            console.print(_summary(t, cfg.iterations, metrics), soft_wrap=True,
+                          end=f"  (wall {time.perf_counter() - start:.1f}s)\n")
+    finally:
+        store.close()

@@ -1,0 +1,233 @@
+"""Data collection shared by every algorithm: prompts, rollouts, log-prob passes, judge calls.
+
+Each piece is a pure function of (seed, iteration, adapter weights) and is written to the run
+store before anything uses it; the trainer then always *reads it back*, so an uninterrupted
+run and a resumed one train on bit-identical numbers. Samples of a role are kept grouped by
+prompt in round order: sample ``k`` of round prompt ``i`` sits at index ``i·per_prompt + k``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nlhf.rollout.hf import generate
+
+if TYPE_CHECKING:
+    from nlhf.config import TrainConfig
+    from nlhf.judges import CachedJudge
+    from nlhf.policies.lm import LMPolicy
+    from nlhf.store import RunStore
+
+#: Which adapter computes each policy: pi_t is the "policy" adapter, pihat_t the "adversary",
+#: and pi_ref the frozen base (adapters off).
+ADAPTER_OF: dict[str, str | None] = {"pi_t": "policy", "pihat_t": "adversary", "ref": None}
+#: Comparisons per judge call: a kill mid-judging loses at most one chunk of answers.
+JUDGE_CHUNK = 256
+
+
+def phase_seed(seed: int, iteration: int, tag: str) -> int:
+    """A 63-bit seed that depends only on (run seed, iteration, phase tag)."""
+    entropy = [seed, iteration, zlib.crc32(tag.encode("utf-8"))]
+    state = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def round_prompts(train: Sequence[tuple[int, str]], n: int, seed: int, iteration: int
+                  ) -> list[tuple[int, str]]:
+    """The round's ``n`` training prompts (all of them if fewer), drawn from (seed, t)."""
+    order = np.random.default_rng(phase_seed(seed, iteration, "prompts")).permutation(len(train))
+    return [train[int(i)] for i in order[: min(n, len(train))]]
+
+
+def bar(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), disable=not enabled, transient=False)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ``generate`` call: ``model`` samples all ``roles`` (name, count per prompt) at once."""
+
+    model: str
+    roles: tuple[tuple[str, int], ...]
+
+
+@dataclass
+class RoleSamples:
+    """All samples of one role in a round, grouped by prompt."""
+
+    name: str
+    sampler: str
+    per_prompt: int
+    prompt_pos: list[int]
+    response_ids: list[list[int]]
+    texts: list[str]
+    #: Sequence log-probs by policy name ("pi_t", "ref", ...); NaN where unknown.
+    logp: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def index(self, pos: int, k: int) -> int:
+        return pos * self.per_prompt + k
+
+
+@dataclass
+class RoundData:
+    """What one round trains on: its prompts and every role's samples and log-probs."""
+
+    iteration: int
+    prompt_ids: list[int]
+    prompt_texts: list[str]
+    prompt_tokens: list[list[int]]
+    roles: dict[str, RoleSamples]
+    #: Where the policy computes: stored numbers become tensors there.
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def tensor(self, values: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=torch.float32, device=self.device)
+
+    def seqs(self, role: str, idx: Sequence[int]) -> tuple[list[list[int]], list[list[int]]]:
+        """(prompt token ids, response token ids) of samples ``idx`` of ``role``."""
+        r = self.roles[role]
+        return [self.prompt_tokens[r.prompt_pos[i]] for i in idx], [r.response_ids[i] for i in idx]
+
+    def logp(self, role: str, model: str, idx: Sequence[int] | None = None) -> torch.Tensor:
+        """Stored log-probs of ``role``'s samples under ``model``, as a float32 tensor."""
+        values = self.roles[role].logp[model]
+        if idx is not None:
+            values = values[list(idx)]
+        return self.tensor(values)
+
+    def prompt_of(self, role: str, i: int) -> str:
+        return self.prompt_texts[self.roles[role].prompt_pos[i]]
+
+
+def run_generation(policy: LMPolicy, cfg: TrainConfig, iteration: int,
+                   prompts: Sequence[tuple[int, str]], prompt_tokens: list[list[int]],
+                   sources: Sequence[Source], store: RunStore, progress: bool) -> dict[str, Any]:
+    """Sample every source once and store all rows in one transaction."""
+    r = cfg.rollout
+    rows: list[dict[str, Any]] = []
+    n_tokens = 0
+    for src in sources:
+        n = sum(k for _, k in src.roles)
+        samples = generate(
+            policy, prompt_tokens, ADAPTER_OF[src.model], n_per_prompt=n,
+            max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+            seed=phase_seed(cfg.seed, iteration, f"generate/{src.model}"),
+            batch_size=r.batch_size, progress=progress,
+        )
+        for pos, (pid, _) in enumerate(prompts):
+            group = samples[pos * n:(pos + 1) * n]
+            offset = 0
+            for role, k in src.roles:
+                for j in range(k):
+                    s = group[offset + j]
+                    n_tokens += len(s.response_ids)
+                    rows.append({"iteration": iteration, "role": role, "prompt_id": pid,
+                                 "sample_index": j, "response": s.text,
+                                 "response_ids": s.response_ids, "logprob": s.logprob})
+                offset += k
+    store.put_generations(rows)
+    return {"samples": len(rows), "tokens": n_tokens}
+
+
+def load_round(store: RunStore, iteration: int, prompts: Sequence[tuple[int, str]],
+               prompt_tokens: list[list[int]], sources: Sequence[Source],
+               device: torch.device | None = None) -> RoundData:
+    """Rebuild the round's samples from the store, in round order."""
+    pos_of = {pid: pos for pos, (pid, _) in enumerate(prompts)}
+    roles: dict[str, RoleSamples] = {}
+    for src in sources:
+        for role, k in src.roles:
+            found = {(g["prompt_id"], g["sample_index"]): g
+                     for g in store.get_generations(iteration, role)}
+            picked = []
+            for pid, _ in prompts:
+                for j in range(k):
+                    if (pid, j) not in found:
+                        raise RuntimeError(f"store: iteration {iteration} lacks {role} sample "
+                                           f"{j} of prompt {pid}; the run store is inconsistent")
+                    picked.append(found[(pid, j)])
+            rs = RoleSamples(
+                name=role, sampler=src.model, per_prompt=k,
+                prompt_pos=[pos_of[g["prompt_id"]] for g in picked],
+                response_ids=[list(g["response_ids"]) for g in picked],
+                texts=[g["response"] for g in picked],
+            )
+            cached = [np.nan if g["logprob"] is None else g["logprob"] for g in picked]
+            rs.logp[src.model] = np.asarray(cached, dtype=np.float64)
+            roles[role] = rs
+    return RoundData(iteration, [p for p, _ in prompts], [t for _, t in prompts],
+                     prompt_tokens, roles, device or torch.device("cpu"))
+
+
+def missing_logprobs(data: RoundData, needs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (role, model) log-probs that the generation cache does not already hold."""
+    out = []
+    for role, model in dict.fromkeys(needs):
+        values = data.roles[role].logp.get(model)
+        if values is None or bool(np.isnan(values).any()):
+            out.append((role, model))
+    return out
+
+
+def run_logprobs(policy: LMPolicy, data: RoundData, todo: Sequence[tuple[str, str]],
+                 batch_size: int, progress: bool) -> dict[str, list[float]]:
+    """One no-grad forward pass per missing (role, model); returns {"role/model": values}."""
+    out: dict[str, list[float]] = {}
+    chunk = max(1, batch_size) * 8
+    total = sum(len(data.roles[role]) for role, _ in todo)
+    with bar(progress) as pb:
+        task = pb.add_task("log-probs", total=total)
+        for role, model in todo:
+            n = len(data.roles[role])
+            values: list[float] = []
+            for start in range(0, n, chunk):
+                idx = range(start, min(n, start + chunk))
+                p_ids, r_ids = data.seqs(role, idx)
+                lp = policy.sequence_logprobs(p_ids, r_ids, ADAPTER_OF[model],
+                                              batch_size=batch_size)
+                values += [float(v) for v in lp.detach().cpu()]
+                pb.advance(task, len(idx))
+            out[f"{role}/{model}"] = values
+    return out
+
+
+def attach_logprobs(data: RoundData, computed: dict[str, list[float]]) -> None:
+    for key, values in computed.items():
+        role, model = key.split("/")
+        data.roles[role].logp[model] = np.asarray(values, dtype=np.float64)
+
+
+Comparison = tuple[str, int, str, int]
+
+
+def run_judge(judge: CachedJudge, data: RoundData, comparisons: Sequence[Comparison],
+              progress: bool, on_chunk: Callable[[int], None] | None = None) -> list[float]:
+    """P(a ≻ b) for each (role_a, i_a, role_b, i_b), through the store-backed judge cache.
+
+    One batched pass, cut in chunks for the progress bar: each chunk's answers are stored
+    as it ends, so a kill mid-judging loses at most one chunk.
+    """
+    prompts = [data.prompt_of(ra, ia) for ra, ia, _, _ in comparisons]
+    a = [data.roles[ra].texts[ia] for ra, ia, _, _ in comparisons]
+    b = [data.roles[rb].texts[ib] for _, _, rb, ib in comparisons]
+    out: list[float] = []
+    with bar(progress) as pb:
+        task = pb.add_task(f"judge ({judge.name})", total=len(comparisons))
+        for s in range(0, len(comparisons), JUDGE_CHUNK):
+            e = s + JUDGE_CHUNK
+            out += [float(v) for v in judge.prob(prompts[s:e], a[s:e], b[s:e])]
+            pb.advance(task, len(prompts[s:e]))
+            if on_chunk is not None:
+                on_chunk(s // JUDGE_CHUNK)
+    return out

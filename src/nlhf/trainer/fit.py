@@ -1,0 +1,95 @@
+"""The one optimisation loop every training phase uses: AdamW, minibatches, clipping.
+
+Why a fresh optimizer per phase: each round solves its own argmin problem (SPEC §2), and a
+phase that restarts after a kill must start from exactly what the uninterrupted run had, so
+no optimizer state may outlive a phase. Shuffles and dropout are seeded at the phase start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from nlhf.policies.loading import set_seed
+from nlhf.trainer.data import bar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nlhf.config import TrainOptConfig
+    from nlhf.policies.lm import LMPolicy
+
+#: loss_fn(item indices, extra-item indices) -> scalar loss of one minibatch.
+LossFn = Callable[[list[int], list[int]], torch.Tensor]
+
+
+@contextmanager
+def training_mode(policy: LMPolicy, adapter: str) -> Iterator[None]:
+    """Dropout on (if configured) while an adapter trains; back to eval afterwards."""
+    module: nn.Module = policy.copies[adapter] if policy.finetune == "full" else policy.model
+    module.train()
+    try:
+        yield
+    finally:
+        module.eval()
+
+
+def fit(
+    policy: LMPolicy,
+    adapter: str,
+    n_items: int,
+    loss_fn: LossFn,
+    opt: TrainOptConfig,
+    seed: int,
+    *,
+    n_extra: int = 0,
+    progress: bool = False,
+    desc: str = "train",
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Minimise ``loss_fn`` over minibatches of ``opt.batch_size`` items for ``opt.epochs``.
+
+    ``n_extra`` side items (e.g. ENPO's proximal samples) are shuffled separately and spread
+    evenly over the same minibatches. Returns loss statistics of the phase.
+    """
+    set_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    params = policy.trainable_parameters(adapter)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=opt.learning_rate, weight_decay=opt.weight_decay)
+    bs = max(1, opt.batch_size)
+    n_batches = -(-n_items // bs)
+    losses: list[float] = []
+    norms: list[float] = []
+    with bar(progress) as pb, training_mode(policy, adapter):
+        task = pb.add_task(desc, total=n_batches * opt.epochs)
+        for _ in range(opt.epochs):
+            order = torch.randperm(n_items, generator=gen).tolist()
+            extra = torch.randperm(n_extra, generator=gen).tolist() if n_extra else []
+            extra_parts = np.array_split(np.asarray(extra, dtype=np.int64), n_batches)
+            for b in range(n_batches):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(order[b * bs:(b + 1) * bs], [int(i) for i in extra_parts[b]])
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                norms.append(float(norm))
+                pb.advance(task)
+                if on_step is not None:
+                    on_step(len(losses))
+    optimizer.zero_grad(set_to_none=True)
+    if not losses:
+        return {"loss": float("nan"), "steps": 0}
+    return {
+        "loss": float(np.mean(losses)),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "grad_norm": float(np.mean(norms)),
+        "steps": len(losses),
+    }

@@ -1,0 +1,178 @@
+"""The run directory: where each artefact of a training run lives, and its atomic writers.
+
+Layout (other tools read it, keep it stable)::
+
+    <run_dir>/config.yaml                    resolved config, written first
+    <run_dir>/store.sqlite                   prompts, generations, judge calls, steps, metrics
+    <run_dir>/metrics.jsonl                  one {"iteration": t, ...} object per finished t
+    <run_dir>/state.json                     last completed iteration + saved policy iterates
+    <run_dir>/adapters/iter_{t}/policy/      pi_{t+1}, the policy after round t (t = 1..T)
+    <run_dir>/adapters/iter_{t}/adversary/   pihat_{t+1} (ENPO only: baselines train no adversary)
+
+``metrics.jsonl`` keys (per round t): ``score_policy`` (mean judge score of y ~ pi_t: ENPO
+I(y), SPPO win-rate, pairwise P(y ≻ y')), ``score_adversary`` (ENPO I(y')),
+``kl_policy_ref`` (mean log pi_t(y) − log pi_ref(y) over the round's y ~ pi_t),
+``response_len`` (mean tokens of y, EOS included; ``response_len_<role>`` for other roles),
+``<phase>_loss`` / ``_loss_first`` / ``_loss_last`` / ``_grad_norm`` / ``_steps`` for each
+training phase (``step_a``, ``step_b`` for ENPO; ``train`` otherwise), ``step_b_pairs``,
+``step_b_policy_logratio`` (mean log pi_{t+1} − log pi_t on the candidates),
+``step_b_score_gap``, ``prompts``, ``judge_calls_total`` (stored comparisons so far) and
+wall-clock ``time_<phase>`` / ``time_iteration`` in seconds (the only keys that differ
+between an uninterrupted run and a resumed one).
+
+Every file is written to a temp name and renamed, so a run killed at any instant leaves each
+artefact either old or new, never half written. ``metrics.jsonl`` and ``state.json`` are
+rebuilt from the store each time, so a resumed run cannot duplicate a line.
+
+Average iterate (SPEC §2.5): the returned policy is the mixture (1/T)·Σ_t pi_t over the saved
+iterates. :func:`policy_iterates` lists them (from ``state.json``: completed rounds only) and
+:func:`sample_average_iterate` draws, per sample, which iterate to generate from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nlhf.errors import NLHFInputError
+
+CONFIG = "config.yaml"
+STORE = "store.sqlite"
+METRICS = "metrics.jsonl"
+STATE = "state.json"
+
+
+class RunDir:
+    """Paths of one run directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def store(self) -> Path:
+        return self.root / STORE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE
+
+    def adapter(self, iteration: int, name: str) -> Path:
+        """Folder of one saved adapter ("policy" or "adversary") after round ``iteration``."""
+        return self.root / "adapters" / f"iter_{iteration}" / name
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temp file + fsync + rename: readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """Hold ``<run_dir>/.lock`` so two trainers never write one run; the OS frees it on kill."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: run unlocked
+        yield
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    with open(run.root / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise NLHFInputError(
+                f"run_dir: {run.root} is in use by another training process; wait for it "
+                "to end or choose another run_dir"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remove_partial_writes(run: RunDir) -> list[Path]:
+    """Delete the temp files and folders that a killed atomic write left behind.
+
+    Only our writers' hidden names match: ``.<name>.tmp-*`` / ``.<name>.old-*`` folders of
+    ``atomic_directory`` and ``.<name>.*.tmp`` files of :func:`write_text_atomic`.
+    """
+    removed = []
+    for folder in [run.root, *sorted(run.root.glob("adapters/iter_*"))]:
+        for path in folder.glob(".*"):
+            name = path.name
+            if not (".tmp-" in name or ".old-" in name or name.endswith(".tmp")):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def write_metrics(run: RunDir, rows: Iterable[tuple[int, str, float]]) -> None:
+    """Rewrite ``metrics.jsonl`` from the store's (iteration, name, value) rows."""
+    by_iter: dict[int, dict[str, Any]] = {}
+    for iteration, name, value in rows:
+        by_iter.setdefault(iteration, {"iteration": iteration})[name] = value
+    lines = [json.dumps(by_iter[t], sort_keys=False) for t in sorted(by_iter)]
+    write_text_atomic(run.metrics, "".join(line + "\n" for line in lines))
+
+
+def write_state(run: RunDir, payload: Mapping[str, Any]) -> None:
+    write_text_atomic(run.state, json.dumps(dict(payload), indent=2) + "\n")
+
+
+def read_state(run_dir: str | Path) -> dict[str, Any]:
+    """``state.json`` of a run, or an empty state if no round has finished yet."""
+    path = RunDir(run_dir).state
+    if not path.is_file():
+        return {"last_completed_iteration": 0, "policy_iterates": []}
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def policy_iterates(run_dir: str | Path) -> list[Path]:
+    """Saved policy iterates pi_2..pi_{T+1} of the completed rounds, oldest first.
+
+    The initial policy (= pi_ref for LoRA, whose B matrices start at zero) is not listed:
+    evaluate it as the reference.
+    """
+    root = Path(run_dir)
+    return [root / rel for rel in read_state(root).get("policy_iterates", [])]
+
+
+def sample_average_iterate(run_dir: str | Path, n: int, seed: int = 0) -> list[Path]:
+    """For each of ``n`` samples, the iterate to sample it from: uniform over the saved ones.
+
+    Sampling ``s`` uniformly and then ``y ~ pi_s`` is exactly sampling the average iterate.
+    """
+    iterates = policy_iterates(run_dir)
+    if not iterates:
+        raise FileNotFoundError(f"{run_dir}: no completed iteration, so no policy iterate")
+    picks = np.random.default_rng([seed, 0xA1]).integers(0, len(iterates), size=n)
+    return [iterates[int(i)] for i in picks]
