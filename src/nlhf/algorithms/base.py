@@ -58,7 +58,9 @@ class LabSettings:
             return self.base_eta
         if self.eta_schedule == "harmonic":
             return max(self.base_eta, self.tau * (t + 1))
-        raise ValueError(f"eta_schedule must be 'constant' or 'harmonic', got {self.eta_schedule!r}")
+        raise ValueError(
+            f"eta_schedule must be 'constant' or 'harmonic', got {self.eta_schedule!r}"
+        )
 
 
 class BanditOracle:
@@ -111,8 +113,7 @@ def newton_minimise(
         leaf = theta.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(value(leaf, *data).sum(), leaf, create_graph=True)
         rows = [
-            torch.autograd.grad(g[..., k].sum(), leaf, retain_graph=k < K - 1)[0]
-            for k in range(K)
+            torch.autograd.grad(g[..., k].sum(), leaf, retain_graph=k < K - 1)[0] for k in range(K)
         ]
         H = torch.stack(rows, dim=-2)  # (B, C, K, K): H[b, c, k, :]
         g = g.detach()

@@ -90,15 +90,20 @@ def bt(
     return game
 
 
-def make_instance(name: str, K: int, c: float, tau: float, seed: int = 0, rank: int = 2) -> Game:
+def make_instance(
+    name: str, K: int, c: float, tau: float, seed: int = 0, rank: int = 2, contexts: int = 1
+) -> Game:
+    """Build a named instance; ``contexts`` applies to the random families (not needle)."""
+    if contexts < 1:
+        raise NLHFInputError(f"--contexts must be ≥ 1, got {contexts}")
     if name == "needle":
         return needle(K, c, tau)
     if name == "cyclic":
-        return cyclic(K, tau=tau, seed=seed)
+        return cyclic(K, contexts=contexts, tau=tau, seed=seed)
     if name == "gbpm":
-        return gbpm(K, rank=rank, tau=tau, seed=seed)
+        return gbpm(K, rank=rank, contexts=contexts, tau=tau, seed=seed)
     if name == "bt":
-        return bt(K, tau=tau, seed=seed)
+        return bt(K, contexts=contexts, tau=tau, seed=seed)
     raise NLHFInputError(
         f"--instance: unknown instance {name!r}; choose one of {', '.join(INSTANCES)}"
     )

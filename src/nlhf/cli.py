@@ -1,0 +1,220 @@
+"""The ``nlhf`` command: simulate, nash, train, eval, report.
+
+Bad input raises :class:`NLHFInputError`; ``main`` prints its one-line message and exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nlhf.errors import NLHFInputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Nash learning from human feedback with explicit exploration (ENPO).",
+)
+
+
+def _split_list(text: str, what: str) -> list[str]:
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise NLHFInputError(f"{what}: give at least one value")
+    return items
+
+
+@app.command()
+def simulate(
+    instance: Annotated[
+        str, typer.Option(help="needle, cyclic, gbpm or bt (comma list)")
+    ] = "needle",
+    game: Annotated[Path | None, typer.Option(help="game file (JSON with P, ref; or .npz)")] = None,
+    K: Annotated[int, typer.Option("--K", help="responses per context")] = 8,
+    c: Annotated[float, typer.Option("--c", help="needle: reference mass exp(-c/tau)")] = 0.25,
+    contexts: Annotated[int, typer.Option(help="contexts of cyclic/gbpm/bt")] = 1,
+    tau: Annotated[list[float] | None, typer.Option(help="KL parameter (repeatable)")] = None,
+    eta: Annotated[float | None, typer.Option(help="inverse step size [4·tau + 0.25]")] = None,
+    eta_schedule: Annotated[str, typer.Option(help="harmonic or constant")] = "harmonic",
+    algorithms: Annotated[
+        str, typer.Option(help="comma list of algorithms")
+    ] = "inpo,enpo,denpo,oracle",
+    T: Annotated[int, typer.Option("--T", help="rounds")] = 1000,
+    pairs: Annotated[int, typer.Option(help="pairs per round (m)")] = 8,
+    comparators: Annotated[int, typer.Option(help="comparators per response (n_z)")] = 4,
+    seeds: Annotated[int, typer.Option(help="independent seeds, run vectorised")] = 3,
+    seed: Annotated[int, typer.Option(help="base random seed")] = 0,
+    game_seed: Annotated[int, typer.Option(help="seed of the random game families")] = 0,
+    workers: Annotated[int | None, typer.Option(help="parallel processes [cores]")] = None,
+    preset: Annotated[str | None, typer.Option(help="paper-claims")] = None,
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/simulate"),
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Run algorithms on exact games with bandit feedback and measure their regret."""
+    from dataclasses import replace
+
+    from nlhf.algorithms import LabSettings
+    from nlhf.claims import check_claims
+    from nlhf.lab_report import summary_markdown, write_plots
+    from nlhf.simulate import PRESETS, Experiment, build_specs, run_experiment, write_json_atomic
+
+    command = "nlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if preset is not None:
+        if preset not in PRESETS:
+            raise NLHFInputError(
+                f"--preset: unknown preset {preset!r}; choose {', '.join(PRESETS)}"
+            )
+        exp = PRESETS[preset](command)
+    else:
+        if eta_schedule not in ("harmonic", "constant"):
+            raise NLHFInputError("--eta-schedule: choose 'harmonic' or 'constant'")
+        taus = tau or [0.1]
+        settings = replace(
+            LabSettings(tau=taus[0]),
+            eta=eta,
+            pairs=pairs,
+            comparators=comparators,
+            eta_schedule=eta_schedule,
+        )
+        if pairs < 1 or comparators < 1:
+            raise NLHFInputError("--pairs and --comparators must be ≥ 1")
+        if eta is not None and any(eta <= t for t in taus):
+            raise NLHFInputError(f"--eta ({eta}) must be > every --tau ({taus})")
+        names = [game.stem] if game else _split_list(instance, "--instance")
+        specs = build_specs(
+            names,
+            _split_list(algorithms, "--algorithms"),
+            taus,
+            T,
+            seeds,
+            settings,
+            K,
+            c,
+            contexts,
+            str(game) if game else None,
+            game_seed,
+            seed,
+        )
+        specs[0].game()  # validate the game (file or flags) before starting workers
+        exp = Experiment(specs, command)
+    results = run_experiment(exp, workers=workers, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "results.json", results)
+    claims = check_claims(results) if preset == "paper-claims" else []
+    summary = summary_markdown(results, claims)
+    (out / "summary.md").write_text(summary)
+    write_plots(results, out)
+    typer.echo(summary)
+    typer.echo(
+        f"wrote {out / 'results.json'}, summary.md and plots in {results['wall_seconds']:.1f} s"
+    )
+
+
+@app.command()
+def nash(
+    game: Annotated[Path, typer.Option(help="game file (JSON with P, ref; or .npz)")],
+    tau: Annotated[float | None, typer.Option(help="KL parameter (else the file's 'tau')")] = None,
+) -> None:
+    """Solve the KL-regularised game exactly; print pi*, its gap and fixed-point residual."""
+    from nlhf.games import fixed_point_residual, gap, load_game, solve_nash
+
+    if tau is not None and tau <= 0:
+        raise NLHFInputError(f"--tau must be > 0, got {tau}")
+    g = load_game(game, tau=tau)
+    pi = solve_nash(g.P, g.ref, g.tau)
+    residual = float(fixed_point_residual(g.P, g.ref, g.tau, pi).max())
+    typer.echo(
+        json.dumps({"pi": pi.tolist(), "gap": gap(g, pi), "residual": residual, "tau": g.tau})
+    )
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML config")] = None,
+    resume: Annotated[Path | None, typer.Option(help="run directory to continue")] = None,
+    dry_run: Annotated[bool, typer.Option(help="validate and print the plan only")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override, e.g. hparams.eta=0.01")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train a language model with ENPO (DENPO) or a baseline."""
+    from nlhf.config import load_config, parse_overrides
+
+    overrides = parse_overrides(set_ or [])
+    if resume is not None:
+        cfg_path = resume / "config.yaml"
+        if not cfg_path.is_file():
+            raise NLHFInputError(f"--resume: {cfg_path} not found; is {resume} a run directory?")
+        cfg = load_config(cfg_path, {**overrides, "run_dir": str(resume)})
+    elif config is not None:
+        cfg = load_config(config, overrides)
+    else:
+        raise NLHFInputError("train: give --config FILE (or --resume RUN_DIR)")
+    if dry_run:
+        from nlhf.plan import format_plan, make_plan
+
+        typer.echo(format_plan(make_plan(cfg)))
+        return
+    from nlhf.train import train as run_training
+
+    run_dir = run_training(cfg, resume=resume is not None, progress=progress)
+    typer.echo(f"run finished: {run_dir}")
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Option(help="run directory")],
+    against: Annotated[
+        str, typer.Option(help="'reference' or another run directory")
+    ] = "reference",
+    judge: Annotated[str | None, typer.Option(help="judge spec as JSON/YAML, or a file")] = None,
+    iterate: Annotated[str, typer.Option(help="last, average, or an iteration number")] = "last",
+    n_prompts: Annotated[int | None, typer.Option(help="first N held-out prompts")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Win-rate of a run's policy against the reference or another run, with 95% CIs."""
+    import yaml
+
+    from nlhf.evaluate import evaluate
+
+    spec = None
+    if judge is not None:
+        text = Path(judge).read_text() if Path(judge).is_file() else judge
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise NLHFInputError(
+                f"--judge: not valid JSON/YAML ({exc.__class__.__name__})"
+            ) from None
+        if not isinstance(spec, dict):
+            raise NLHFInputError("--judge: expected a mapping such as {type: criteria}")
+    evaluate(
+        run, against=against, judge=spec, iterate=iterate, n_prompts=n_prompts, progress=progress
+    )
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
+    """Write report.md with plots for a training run."""
+    from nlhf.report import report as write_report
+
+    typer.echo(f"wrote {write_report(run)}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except NLHFInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
