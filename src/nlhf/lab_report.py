@@ -43,7 +43,8 @@ def summary_markdown(results: dict, claims: list[Claim] | None = None) -> str:
         "",
         f"Command: `{results.get('command', '')}`",
         "",
-        "| instance | algorithm | tau | T | seeds | final regret (mean ± sd) | log-log slope T/10→T | final gap |",
+        "| instance | algorithm | tau | T | seeds | final regret (mean ± sd) "
+        "| log-log slope T/10→T | final gap |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary_rows(results):
@@ -72,7 +73,7 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     groups: dict[tuple, list] = defaultdict(list)
     for r in results["runs"]:
         groups[(r["instance"], r["algorithm"], r["tau"])].append(r["regret_curve"])
-    for ax, instance in zip(axes[0], instances):
+    for ax, instance in zip(axes[0], instances, strict=True):
         for (inst, alg, tau), curves in sorted(groups.items()):
             if inst != instance:
                 continue

@@ -80,7 +80,7 @@ class BanditOracle:
 def sample_categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One draw per row of ``probs`` (..., K) by inverse CDF (vectorised)."""
     cdf = np.cumsum(probs, axis=-1)
-    u = rng.random(probs.shape[:-1] + (1,)) * cdf[..., -1:]
+    u = rng.random((*probs.shape[:-1], 1)) * cdf[..., -1:]
     return np.minimum((u > cdf).sum(axis=-1), probs.shape[-1] - 1)
 
 

@@ -9,7 +9,7 @@ from nlhf.algorithms.base import TabularAlgorithm
 
 
 def omd_step(logp: np.ndarray, log_ref: np.ndarray, P: np.ndarray, tau: float, eta: float):
-    """log pi_{t+1} = (1 − tau/eta)·log pi_t + (tau/eta)·log pi_ref + P(· ≻ pi_t)/eta, normalised."""
+    """log pi_{t+1} ∝ (1 − tau/eta)·log pi_t + (tau/eta)·log pi_ref + P(· ≻ pi_t)/eta."""
     mix = tau / eta
     wins = np.einsum("...ij,...j->...i", P, np.exp(logp))
     return log_softmax((1.0 - mix) * logp + mix * log_ref + wins / eta, axis=-1)
