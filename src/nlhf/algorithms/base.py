@@ -122,7 +122,7 @@ def newton_minimise(
 
     for _ in range(1 if quadratic else max_steps):
         step, decrement = newton_direction(theta)  # decrement: Newton decrement², ≥ 0
-        if quadratic or bool((decrement < tol).all()):
+        if quadratic or bool((decrement < tol).all() and step.abs().max() < 1e-10):
             theta = theta - step
             break
         with torch.no_grad():
