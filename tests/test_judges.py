@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import re
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
+from fake_openai import FakeOpenAI, free_port
 from nlhf.errors import NLHFInputError
 from nlhf.judges import (
     JUDGES,
@@ -207,69 +204,16 @@ def test_make_judge_builds_and_explains(tmp_path):
 # -- OpenAI-compatible HTTP endpoint --------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def do_POST(self):
-        st = self.server.state
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        st["auth"].append(self.headers.get("Authorization"))
-        st["paths"].append(self.path)
-        if st["fail"]:
-            code = st["fail"].pop(0)
-            return self._reply(code, {"error": "busy"}, {"Retry-After": "0"})
-        if st["sleep"]:
-            time.sleep(st["sleep"])
-        if st.get("need_key") and not self.headers.get("Authorization"):
-            return self._reply(401, {"error": {"message": "no key"}})
-        if st.get("no_logprobs") and body.get("logprobs"):
-            return self._reply(400, {"error": {"message": "logprobs are not supported"}})
-        text = body["messages"][0]["content"]
-        first, second = re.search(r"\[Response A\]\n(.*)\n\n\[Response B\]\n(.*)\n\n", text,
-                                  re.S).groups()
-        p_a = 0.6 + 0.3 * ("good" in first) - 0.3 * ("good" in second)  # position bias 0.1
-        choice = {"index": 0, "message": {"role": "assistant",
-                                          "content": "A" if p_a >= 0.5 else "B"}}
-        if body.get("logprobs") and not st.get("text_only"):
-            top = [{"token": "A", "logprob": math.log(p_a)},
-                   {"token": " B", "logprob": math.log(1 - p_a)}]
-            choice["logprobs"] = {"content": [{"token": "A" if p_a >= 0.5 else " B",
-                                               "logprob": max(top[0]["logprob"],
-                                                              top[1]["logprob"]),
-                                               "top_logprobs": top}]}
-        self._reply(200, {"choices": [choice]})
-
-    def _reply(self, code, payload, headers=None):
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.state = {"auth": [], "paths": [], "fail": [], "sleep": 0.0}
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    httpd = FakeOpenAI()
     yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _url(httpd) -> str:
-    return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.stop()
 
 
 def test_openai_judge_logprobs_and_key(server, monkeypatch):
     monkeypatch.setenv("NLHF_TEST_KEY", "sk-secret-123")
-    judge = OpenAIJudge(_url(server), "judge-model", api_key_env="NLHF_TEST_KEY")
+    judge = OpenAIJudge(server.url, "judge-model", api_key_env="NLHF_TEST_KEY")
     p = judge.prob(["q"] * 3, ["good", "meh", "same"], ["meh", "good", "same"])
     np.testing.assert_allclose(p, [0.8, 0.2, 0.5], atol=1e-9)  # the 0.1 bias cancels
     assert set(server.state["auth"]) == {"Bearer sk-secret-123"}
@@ -279,27 +223,24 @@ def test_openai_judge_logprobs_and_key(server, monkeypatch):
 
 def test_openai_judge_text_answers_and_no_logprobs_fallback(server):
     server.state["text_only"] = True
-    judge = OpenAIJudge(_url(server), "m")
+    judge = OpenAIJudge(server.url, "m")
     np.testing.assert_allclose(judge.prob(["q"] * 2, ["good", "x"], ["x", "y"]), [1.0, 0.5])
     server.state.update(text_only=False, no_logprobs=True)
-    judge = OpenAIJudge(_url(server), "m", concurrency=1)
+    judge = OpenAIJudge(server.url, "m", concurrency=1)
     assert judge.prob(["q"], ["x"], ["good"])[0] == 0.0
     assert judge.logprobs is False
 
 
 def test_openai_judge_retries_503_and_429(server):
     server.state["fail"] = [503, 429, 503]
-    judge = OpenAIJudge(_url(server), "m", max_retries=4, backoff=0.01, concurrency=1)
+    judge = OpenAIJudge(server.url, "m", max_retries=4, backoff=0.01, concurrency=1)
     start = time.monotonic()
     assert judge.prob(["q"], ["good"], ["x"])[0] == pytest.approx(0.8)
     assert judge.requests == 5 and time.monotonic() - start < 2
 
 
 def test_openai_judge_down_endpoint_is_one_clear_error():
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     judge = OpenAIJudge(url, "m", max_retries=2, backoff=0.01, timeout=1)
     start = time.monotonic()
     with pytest.raises(JudgeUnavailableError) as info:
@@ -313,7 +254,7 @@ def test_openai_judge_down_endpoint_is_one_clear_error():
 
 def test_openai_judge_timeouts_and_auth_errors(server, monkeypatch):
     server.state["sleep"] = 0.5
-    judge = OpenAIJudge(_url(server), "m", timeout=0.1, max_retries=1, backoff=0.01,
+    judge = OpenAIJudge(server.url, "m", timeout=0.1, max_retries=1, backoff=0.01,
                         concurrency=1)
     start = time.monotonic()
     with pytest.raises(JudgeUnavailableError, match="unreachable after 2 attempts"):
@@ -322,7 +263,7 @@ def test_openai_judge_timeouts_and_auth_errors(server, monkeypatch):
     server.state.update(sleep=0.0, need_key=True)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(NLHFInputError, match=r"HTTP 401.*set \$OPENAI_API_KEY"):
-        OpenAIJudge(_url(server), "m", max_retries=0).prob(["q"], ["a"], ["b"])
+        OpenAIJudge(server.url, "m", max_retries=0).prob(["q"], ["a"], ["b"])
 
 
 # -- tiny random Hugging Face models --------------------------------------------------------

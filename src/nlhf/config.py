@@ -62,7 +62,7 @@ class HParams(_Strict):
     beta: float = Field(0.05, gt=0, description="DENPO Step B DPO temperature")
     s: float = Field(1.0, description="DENPO Step B exploration sign/scale, non-zero")
     n_comparators: int = Field(4, gt=0)
-    step_b_candidates: int = Field(2, gt=0)
+    step_b_candidates: int = Field(2, ge=2, description="DENPO Step B ranks pairs of these")
     pairs_per_prompt: int = Field(1, gt=0)
     step_b_labels: Literal["hard", "soft"] = Field(
         "hard",
@@ -86,12 +86,58 @@ class DataConfig(_Strict):
     max_prompt_chars: int = Field(2000, gt=0)
 
 
+class ServerConfig(_Strict):
+    """An OpenAI-compatible completions server for ``rollout.backend: openai`` (docs/rollout.md)."""
+
+    base_url: str | None = Field(None, description="the API root, e.g. http://127.0.0.1:8000/v1")
+    model: str | None = Field(None, description="the base model's name on the server (= pi_ref)")
+    api_key_env: str = Field("VLLM_API_KEY", description="env var holding the key, if any")
+    timeout: float = Field(300.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    concurrency: int = Field(8, gt=0, description="requests (one per prompt) in flight")
+    prompt_format: Literal["tokens", "text"] = "tokens"
+    token_ids: bool = Field(True, description="send vLLM/SGLang extensions: ids back, exact "
+                                              "sampler, HF's EOS set; false: plain OpenAI")
+    adapter_url: str | None = Field(None, description="root of /load_lora_adapter if not "
+                                                      "base_url (SGLang: the server root)")
+
+    @field_validator("base_url", "adapter_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class VLLMEngineConfig(_Strict):
+    """The in-process engine of ``rollout.backend: vllm`` (GPU only)."""
+
+    model: str | None = Field(None, description="folder or Hub id; default: the base model's")
+    dtype: str = "auto"
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0)
+
+
 class RolloutConfig(_Strict):
     backend: Literal["hf", "vllm", "openai"] = "hf"
     max_new_tokens: int = Field(48, gt=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     batch_size: int = Field(8, gt=0)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
+
+    @model_validator(mode="after")
+    def _server_for_openai(self) -> RolloutConfig:
+        if self.backend != "openai":
+            return self
+        if not self.server.base_url:
+            raise ConfigFieldError("server.base_url", "required when rollout.backend is "
+                                   "'openai', e.g. http://127.0.0.1:8000/v1")
+        if not self.server.model:
+            raise ConfigFieldError("server.model", "required when rollout.backend is 'openai': "
+                                   "the base model's name on the server (the reference)")
+        return self
 
 
 class TrainOptConfig(_Strict):

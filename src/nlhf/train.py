@@ -43,6 +43,7 @@ from nlhf.trainer.data import (
     run_judge,
     run_logprobs,
 )
+from nlhf.trainer.preflight import Checked, preflight
 from nlhf.trainer.rundir import (
     RunDir,
     policy_iterates,
@@ -57,6 +58,7 @@ from nlhf.trainer.rundir import (
 if TYPE_CHECKING:
     from nlhf.judges import CachedJudge
     from nlhf.policies.lm import LMPolicy
+    from nlhf.rollout.base import Generator
 
 __all__ = ["KILL_ENV", "policy_iterates", "sample_average_iterate", "train"]
 
@@ -70,8 +72,9 @@ def _checkpoint(key: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir]:
-    """Check the run dir; a new run writes its config first, a resumed one reads it back."""
+def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Checked | None]:
+    """Check the run dir; a new run passes :func:`preflight` and then writes its config
+    first, a resumed one reads it back."""
     run = RunDir(Path(cfg.run_dir))
     if resume:
         if not run.config.is_file():
@@ -85,22 +88,27 @@ def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir]:
         if changed:
             log.warning("resume: using %s; ignoring changed sections: %s", run.config,
                         ", ".join(changed))
-        return stored, run
+        return stored, run, None
     if run.root.exists() and (not run.root.is_dir() or any(run.root.iterdir())):
         raise NLHFInputError(
             f"run_dir: {run.root} already exists; pass --resume to continue it or choose "
             "another run_dir"
         )
+    checked = preflight(cfg)  # bad input fails here, before the run's first file
     dump_config(cfg, run.config)
-    return cfg, run
+    return cfg, run, checked
 
 
-def _ensure_prompts(cfg: TrainConfig, store: RunStore) -> list[tuple[int, str]]:
+def _ensure_prompts(cfg: TrainConfig, store: RunStore,
+                    checked: Checked | None = None) -> list[tuple[int, str]]:
     """Train prompts from the store; the first start loads and splits the source once."""
     if not store.prompts():
-        d = cfg.data
-        train, heldout = split_prompts(load_prompts(d.prompts, d.field, d.max_prompt_chars),
-                                       d.heldout, cfg.seed)
+        if checked is not None:
+            train, heldout = checked.train_prompts, checked.heldout_prompts
+        else:
+            d = cfg.data
+            train, heldout = split_prompts(
+                load_prompts(d.prompts, d.field, d.max_prompt_chars), d.heldout, cfg.seed)
         store.add_prompts([("train", p) for p in train] + [("heldout", p) for p in heldout])
     return store.prompts("train")
 
@@ -130,14 +138,16 @@ def _finite(values: dict[str, float]) -> dict[str, float]:
 
 
 def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
-           train_prompts: list[tuple[int, str]]) -> dict[str, float]:
-    """One iteration: collect, label, update; returns its metrics."""
+           train_prompts: list[tuple[int, str]], generator: Generator | None = None
+           ) -> dict[str, float]:
+    """One iteration: collect, label, update; returns its metrics. ``generator``: the
+    ``rollout.backend`` (default: HF on the policy)."""
     cfg, t, policy = ctx.cfg, ctx.iteration, ctx.policy
     prompts = round_prompts(train_prompts, cfg.data.prompts_per_iteration, cfg.seed, t)
     tokens = [policy.encode_prompt(text) for _, text in prompts]
     sources = algo.sources()
     gen = ctx.phase("generate", lambda: run_generation(
-        policy, cfg, t, prompts, tokens, sources, ctx.store, ctx.progress))
+        policy, cfg, t, prompts, tokens, sources, ctx.store, ctx.progress, generator, ctx.run))
     data = load_round(ctx.store, t, prompts, tokens, sources, policy.device)
 
     needs = [*algo.logprob_needs(), ("policy", "pi_t"), ("policy", "ref")]
@@ -201,34 +211,36 @@ def _summary(t: int, total: int, m: dict[str, float]) -> str:
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Run (or, with ``resume``, continue) a training run; returns the run directory."""
-    cfg, run = _prepare(cfg, resume)
+    cfg, run, checked = _prepare(cfg, resume)
     with run_lock(run):
         if resume:
             remove_partial_writes(run)
-        _run(cfg, run, progress)
+        _run(cfg, run, progress, checked)
     return run.root
 
 
-def _run(cfg: TrainConfig, run: RunDir, progress: bool) -> None:
+def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None) -> None:
     store = RunStore(run.store)
     try:
-        train_prompts = _ensure_prompts(cfg, store)
+        train_prompts = _ensure_prompts(cfg, store, checked)
         done = int(read_state(run.root).get("last_completed_iteration", 0))
         if done >= cfg.iterations:
             return
         from rich.console import Console
 
         from nlhf.judges import CachedJudge, make_judge
+        from nlhf.rollout.base import make_generator
 
         console = Console(stderr=True, quiet=not progress)
         policy = _load_policy(cfg)
-        judge = CachedJudge(make_judge(cfg.judge), store)
+        judge = CachedJudge(checked.judge if checked else make_judge(cfg.judge), store)
         algo = LLM_ALGORITHMS[cfg.algorithm](cfg)
         _restore(policy, run, done)
+        generator = make_generator(cfg.rollout, policy)  # rollout.backend: hf, vllm, openai
         for t in range(done + 1, cfg.iterations + 1):
             start = time.perf_counter()
             ctx = RoundContext(policy, cfg, t, store, run, progress, _checkpoint)
-            metrics = _finish_round(ctx, _round(ctx, algo, judge, train_prompts))
+            metrics = _finish_round(ctx, _round(ctx, algo, judge, train_prompts, generator))
             console.print(_summary(t, cfg.iterations, metrics), soft_wrap=True,
                           end=f"  (wall {time.perf_counter() - start:.1f}s)\n")
     finally:

@@ -63,6 +63,10 @@ class LLMJudge(Judge):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from nlhf.policies.loading import local_model_path
+
+        local_model_path(self.model_name, "judge.model")  # no pickled weights
+
         kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code,
                               "revision": self.revision}
         tok = AutoTokenizer.from_pretrained(self.model_name, **kw)

@@ -45,6 +45,10 @@ class RewardModelJudge(Judge):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from nlhf.policies.loading import local_model_path
+
+        local_model_path(self.model_name, "judge.model")  # no pickled weights
+
         kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code,
                               "revision": self.revision}
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kw)

@@ -170,21 +170,78 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.endswith(".gguf")
 
 
+_PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def require_safetensors(folder: Path, field: str = "model") -> None:
+    """Refuse a model folder without safetensors weights: pickled ``.bin``/``.pt``
+    checkpoints can run arbitrary code when unpickled, so nlhf never loads them."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLED)
+    found = f" (found {', '.join(pickled)})" if pickled else ""
+    raise NLHFInputError(
+        f"{field}: {folder} has no .safetensors weights{found}; nlhf loads only safetensors or "
+        "GGUF weights, never pickled checkpoints: re-save the model with "
+        "save_pretrained(..., safe_serialization=True)"
+    )
+
+
+def local_model_path(name: str, field: str = "model") -> Path | None:
+    """The local model folder or .gguf file that ``name`` names; None for a Hub id.
+
+    Reads no weights, so the trainer's pre-flight check runs it before a run directory
+    exists; the loaders run it too, so a typo'd path or a pickle-only folder fails the same
+    way everywhere instead of as a Hub lookup or an unpickling.
+    """
+    path = Path(name).expanduser()
+    if not path.exists():
+        if _looks_like_path(name):
+            raise NLHFInputError(
+                f"{field}: path {name} does not exist; give a local model folder, a .gguf "
+                "file or a Hugging Face Hub id"
+            )
+        return None
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if not path.is_dir():
+        raise NLHFInputError(f"{field}: {path} is neither a model folder nor a .gguf file")
+    require_safetensors(path, field)
+    return path
+
+
 def _from_local(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+    """Load a folder or .gguf file already checked by :func:`local_model_path`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if path.is_file() and path.suffix == ".gguf":
+    if path.suffix == ".gguf":
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         _clear_gguf_marker(model)
         return tokenizer, model
-    if not path.is_dir():
-        raise NLHFInputError(f"model: {path} is neither a model folder nor a .gguf file")
     load: Callable[..., Any] = AutoTokenizer.from_pretrained
     tokenizer = load(path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
     )
+    return tokenizer, model
+
+
+def _from_hub(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+    """A Hub id, safetensors weights only; a missing repo or no network is one-line input."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:  # transformers reports missing repos, files and network as OSError
+        detail = " ".join(str(exc).split())[:300]
+        raise NLHFInputError(
+            f"model: cannot load {name!r} from the Hugging Face Hub ({detail}); check the id "
+            "and network, or give a local model folder"
+        ) from None
     return tokenizer, model
 
 
@@ -203,24 +260,9 @@ def load_model_and_tokenizer(
     torch_type = torch_dtype(dtype)
     if name == TINY_MODEL:
         return _tiny_random(seed, torch_type)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name == DEFAULT_MODEL:
-        path: Path | None = default_model_dir()
-    elif Path(name).expanduser().exists():
-        path = Path(name).expanduser()
-    elif _looks_like_path(name):
-        raise NLHFInputError(
-            f"model: path {name} does not exist; give a local model folder, a Hub id "
-            f"or '{DEFAULT_MODEL}'"
-        )
-    else:
-        path = None
+    path = default_model_dir() if name == DEFAULT_MODEL else local_model_path(name)
     if path is not None:
         tokenizer, model = _from_local(path, torch_type, trust_remote_code)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch_type, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        tokenizer, model = _from_hub(name, torch_type, trust_remote_code)
     return _finish_tokenizer(tokenizer), model.eval()

@@ -8,22 +8,29 @@ prompt in round order: sample ``k`` of round prompt ``i`` sits at index ``i·per
 
 from __future__ import annotations
 
+import logging
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nlhf.rollout.hf import generate
+from nlhf.errors import NLHFInputError
+from nlhf.rollout.base import Generator, HFGenerator
 
 if TYPE_CHECKING:
     from nlhf.config import TrainConfig
     from nlhf.judges import CachedJudge
     from nlhf.policies.lm import LMPolicy
     from nlhf.store import RunStore
+    from nlhf.trainer.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 #: Which adapter computes each policy: pi_t is the "policy" adapter, pihat_t the "adversary",
 #: and pi_ref the frozen base (adapters off).
@@ -110,21 +117,76 @@ class RoundData:
         return self.prompt_texts[self.roles[role].prompt_pos[i]]
 
 
+# -- rollout backends that load adapter folders (rollout.backend: openai / vllm) ------------
+
+
+def current_adapter_dir(policy: LMPolicy, run: RunDir, iteration: int, adapter: str) -> Path:
+    """The folder holding ``adapter``'s weights as round ``iteration`` samples them.
+
+    Round t samples pi_t (pihat_t), which round t − 1 saved to ``adapters/iter_{t-1}/``;
+    round 1 samples the seeded initial adapters, saved here once to ``adapters/iter_0/``
+    (evaluation and ``state.json`` list iterates from 1, so iteration 0 stays out of them).
+    """
+    from nlhf.policies.lm import ADAPTER_WEIGHTS
+
+    folder = run.adapter(iteration - 1, adapter)
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        policy.save_adapter(adapter, folder)
+    return folder
+
+
+def served_name(run: RunDir, iteration: int, adapter: str) -> str:
+    """A name per (run, iteration, adapter), e.g. ``policy-it3-1a2b3c4d``: servers that cache
+    adapters by name never serve last round's weights, and two runs never share a name."""
+    tag = zlib.crc32(str(run.root.resolve()).encode("utf-8"))
+    return f"{adapter}-it{iteration}-{tag:08x}"
+
+
+@contextmanager
+def serving(generator: Generator, policy: LMPolicy, run: RunDir | None, iteration: int,
+            adapter: str | None) -> Iterator[str | None]:
+    """The name under which ``generator`` samples ``adapter`` (None: the reference).
+
+    In-memory backends (hf) sample the adapter itself. The others get this round's iterate
+    loaded from its folder before sampling and unloaded after it (best effort).
+    """
+    if adapter is None or not generator.loads_adapters:
+        yield adapter
+        return
+    if run is None:
+        raise ValueError(f"rollout.backend {generator.backend} needs the run directory")
+    name = served_name(run, iteration, adapter)
+    generator.load_adapter(name, current_adapter_dir(policy, run, iteration, adapter))
+    yield name
+    try:
+        generator.unload_adapter(name)
+    except NLHFInputError as exc:
+        log.warning("rollout: could not unload adapter %s: %s", name, exc)
+
+
 def run_generation(policy: LMPolicy, cfg: TrainConfig, iteration: int,
                    prompts: Sequence[tuple[int, str]], prompt_tokens: list[list[int]],
-                   sources: Sequence[Source], store: RunStore, progress: bool) -> dict[str, Any]:
-    """Sample every source once and store all rows in one transaction."""
+                   sources: Sequence[Source], store: RunStore, progress: bool,
+                   generator: Generator | None = None, run: RunDir | None = None
+                   ) -> dict[str, Any]:
+    """Sample every source once and store all rows in one transaction.
+
+    ``generator`` (default: HF on ``policy``) is the ``rollout.backend``; backends without
+    exact log-probs leave ``logprob`` None, which :func:`missing_logprobs` recomputes.
+    """
     r = cfg.rollout
+    gen = generator if generator is not None else HFGenerator(policy, batch_size=r.batch_size)
     rows: list[dict[str, Any]] = []
     n_tokens = 0
     for src in sources:
         n = sum(k for _, k in src.roles)
-        samples = generate(
-            policy, prompt_tokens, ADAPTER_OF[src.model], n_per_prompt=n,
-            max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-            seed=phase_seed(cfg.seed, iteration, f"generate/{src.model}"),
-            batch_size=r.batch_size, progress=progress,
-        )
+        with serving(gen, policy, run, iteration, ADAPTER_OF[src.model]) as adapter:
+            samples = gen.generate(
+                prompt_tokens, adapter, n_per_prompt=n,
+                max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                seed=phase_seed(cfg.seed, iteration, f"generate/{src.model}"),
+                progress=progress,
+            )
         for pos, (pid, _) in enumerate(prompts):
             group = samples[pos * n:(pos + 1) * n]
             offset = 0

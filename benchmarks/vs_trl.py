@@ -1,0 +1,524 @@
+"""One online-DPO round and one ENPO round of nlhf against TRL's OnlineDPOTrainer.
+
+All systems run the same model, the same N prompts, batch, lengths, LoRA, learning rate,
+thread count and judge, each in its own fresh subprocess (one after the other), so that the
+peak RSS of each is its own (``os.wait4`` rusage of that child). Prints a table and writes
+JSON (default ``benchmarks/results/vs_trl.json``).
+
+    .venv/bin/python benchmarks/vs_trl.py                      # the full comparison
+    .venv/bin/python benchmarks/vs_trl.py --model tiny-random --prompts 4 --batch 2
+
+Systems:
+
+- ``trl``: ``trl.experimental.online_dpo.OnlineDPOTrainer``, one epoch over the N prompts
+  (2 completions per prompt), LoRA via ``peft_config``, ``gradient_checkpointing=False``.
+- ``online-dpo``: ``nlhf.train.train`` with ``algorithm: online-dpo``, one iteration.
+- ``enpo``: the same with ``algorithm: enpo`` (DENPO: Step A + Step B), one iteration.
+
+The judge is the criteria judge (``make_judge({"type": "criteria"})``) in every system. TRL's
+online DPO takes a reward per completion and ranks the two completions of a prompt; its
+reward function here asks the judge P(a ≻ b) for the two completions of each prompt (TRL
+lays them out as [first completions; second completions]) and returns p for a and 1 − p for
+b, so TRL's chosen one is exactly the judge's preferred one, with one judge call per pair as
+in nlhf. Pairs = prompts × pairs per prompt (1 in all three).
+
+Throughput is pairs / seconds of the *round* (TRL: ``trainer.train()``; nlhf: the round
+function with its store writes, i.e. ``time_iteration`` plus book-keeping), and also pairs /
+seconds end to end (model load, judge set-up, trainer set-up and the round; not the Python
+imports). The per-phase split comes from timers wrapped around the same call sites in both
+(HF ``generate``, the log-prob forward passes with and without grad, the judge,
+``Tensor.backward``, ``AdamW.step``); "other" is the rest of the round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+SYSTEMS = ("trl", "online-dpo", "enpo")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every system gets, identically."""
+
+    model: str = "smollm2-135m-instruct"
+    prompts: int = 16
+    batch: int = 4
+    max_new_tokens: int = 32
+    threads: int = 2
+    lr: float = 5e-4
+    beta: float = 0.05
+    lora_r: int = 16
+    lora_alpha: int = 32
+    seed: int = 0
+    heldout: int = 64
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def pick_prompts(s: Settings) -> list[str]:
+    """The N prompts that nlhf's round 1 trains on (same split and draw as ``nlhf.train``)."""
+    from nlhf.prompts import load_prompts, split_prompts
+    from nlhf.trainer.data import round_prompts
+
+    train, _ = split_prompts(load_prompts("builtin"), s.heldout, s.seed)
+    return [text for _, text in round_prompts(list(enumerate(train)), s.prompts, s.seed, 1)]
+
+
+class Timers:
+    """Wall time per named call site, accumulated over a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._depth: dict[str, int] = defaultdict(int)
+
+    def wrap(self, owner: Any, attr: str, name: Callable[..., str] | str) -> None:
+        """Replace ``owner.attr`` by a timed version; re-entrant calls count once."""
+        original = getattr(owner, attr)
+        timers = self
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            key = name(*args, **kwargs) if callable(name) else name
+            if timers._depth[key]:
+                return original(*args, **kwargs)
+            timers._depth[key] += 1
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                timers._depth[key] -= 1
+                timers.seconds[key] += time.perf_counter() - start
+                timers.calls[key] += 1
+
+        setattr(owner, attr, timed)
+
+    def report(self) -> dict[str, Any]:
+        return {"seconds": dict(self.seconds), "calls": dict(self.calls)}
+
+
+def common_timers() -> Timers:
+    """Timers on what both systems call: HF generate, backward, the AdamW step."""
+    import torch
+    from transformers.generation.utils import GenerationMixin
+
+    t = Timers()
+    t.wrap(GenerationMixin, "generate", "hf_generate")
+    t.wrap(torch.Tensor, "backward", "backward")
+    t.wrap(torch.optim.AdamW, "step", "optimizer")
+    return t
+
+
+def self_maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------- the children
+
+
+def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
+    """TRL's OnlineDPOTrainer, one epoch over the prompts."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    from nlhf.judges import make_judge
+    from nlhf.policies.loading import load_model_and_tokenizer
+
+    set_threads(s.threads)
+    timers = common_timers()
+    rss_imports = self_maxrss_mb()
+    start = time.perf_counter()
+    tokenizer, model = load_model_and_tokenizer(s.model, seed=s.seed)
+    judge = make_judge({"type": "criteria"})
+    judge_calls = [0]
+
+    def judge_reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+        """p = P(a ≻ b) for the two completions of each prompt: rewards [p; 1 − p]."""
+        n = len(completions) // 2
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts[:n]]
+        t0 = time.perf_counter()
+        p = judge.prob(users, texts[:n], texts[n:])
+        timers.seconds["judge"] += time.perf_counter() - t0
+        judge_calls[0] += n
+        return [float(v) for v in p] + [1.0 - float(v) for v in p]
+
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    args = OnlineDPOConfig(
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=s.batch,
+        gradient_accumulation_steps=1,
+        num_train_epochs=1,
+        learning_rate=s.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        max_new_tokens=s.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=s.beta,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=s.seed,
+    )
+    lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0, bias="none",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      task_type="CAUSAL_LM")
+    trainer = OnlineDPOTrainer(model=model, reward_funcs=judge_reward, args=args,
+                               train_dataset=data, processing_class=tokenizer,
+                               peft_config=lora)
+    timers.wrap(trainer, "_generate", "generate_phase")
+    timers.wrap(trainer, "_forward",
+                lambda *a, **k: "forward_grad" if torch.is_grad_enabled() else "forward_nograd")
+    setup = time.perf_counter() - start
+    rss_setup = self_maxrss_mb()
+    t0 = time.perf_counter()
+    out = trainer.train()
+    round_s = time.perf_counter() - t0
+    total = time.perf_counter() - start
+    sec = timers.seconds
+    phases = {
+        "generate": sec.get("generate_phase", 0.0),
+        "logprobs_nograd": sec.get("forward_nograd", 0.0),
+        "judge": sec.get("judge", 0.0),
+        "forward_grad": sec.get("forward_grad", 0.0),
+        "backward": sec.get("backward", 0.0),
+        "optimizer": sec.get("optimizer", 0.0),
+    }
+    phases["other"] = round_s - sum(phases.values())
+    return {
+        "system": "trl", "pairs": len(prompts), "round_seconds": round_s,
+        "setup_seconds": setup, "total_seconds": total, "phases": phases,
+        "timers": timers.report(), "judge_pairs": judge_calls[0],
+        "optimizer_steps": int(out.global_step), "train_loss": float(out.training_loss),
+        "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
+        "rss_self_peak_mb": self_maxrss_mb(), "torch_threads": torch.get_num_threads(),
+    }
+
+
+def nlhf_config(s: Settings, algorithm: str, run_dir: Path) -> dict[str, Any]:
+    """The run config: demo-style DENPO hparams, everything else from ``s``."""
+    return {
+        "run_dir": str(run_dir), "seed": s.seed, "iterations": 1, "algorithm": algorithm,
+        "model": {"name": s.model, "finetune": "lora",
+                  "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": 0.0,
+                           "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
+        "hparams": {"eta": 0.05, "tau": 0.01, "alpha": 0.001, "beta": s.beta, "s": 1.0,
+                    "n_comparators": 2, "step_b_candidates": 2, "pairs_per_prompt": 1},
+        "data": {"prompts": "builtin", "prompts_per_iteration": s.prompts,
+                 "heldout": s.heldout},
+        # One generate call sees 2·batch sequences, as TRL's (2 completions × batch prompts).
+        "rollout": {"max_new_tokens": s.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
+                    "batch_size": 2 * s.batch},
+        "train": {"learning_rate": s.lr, "epochs": 1, "batch_size": s.batch,
+                  "max_grad_norm": 1.0, "weight_decay": 0.0},
+        "judge": {"type": "criteria"},
+    }
+
+
+def used_prompts(run_dir: Path) -> list[str]:
+    """The prompt texts of round 1's policy samples, read back from the run store."""
+    from nlhf.store import RunStore
+    from nlhf.trainer.rundir import RunDir
+
+    store = RunStore(RunDir(run_dir).store)
+    try:
+        text = dict(store.prompts())
+        ids = dict.fromkeys(g["prompt_id"] for g in store.get_generations(1, "policy"))
+        return [text[i] for i in ids]
+    finally:
+        store.close()
+
+
+def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
+               ) -> dict[str, Any]:
+    """``nlhf.train.train`` for one iteration of ``algorithm``."""
+    import torch
+
+    import nlhf.train
+    from nlhf.config import validate_config
+    from nlhf.policies.lm import LMPolicy
+    from nlhf.train import train
+
+    set_threads(s.threads)
+    timers = common_timers()
+    timers.wrap(LMPolicy, "sequence_logprobs",
+                lambda *a, **k: "forward_grad" if k.get("grad") else "forward_nograd")
+    # The round's wall time: its phases plus reading/writing the store around them.
+    timers.wrap(nlhf.train, "_round", "round")
+    timers.wrap(nlhf.train, "_finish_round", "finish_round")
+    rss_imports = self_maxrss_mb()
+    run_dir = workdir / algorithm
+    cfg = validate_config(nlhf_config(s, algorithm, run_dir), "vs_trl")
+    start = time.perf_counter()
+    train(cfg, progress=False)
+    total = time.perf_counter() - start
+    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    got = used_prompts(run_dir)
+    if sorted(got) != sorted(prompts):
+        raise RuntimeError(f"{algorithm}: trained on other prompts than TRL was given")
+    sec = timers.seconds
+    round_s = sec["round"] + sec["finish_round"]
+    train_s = sum(float(v) for k, v in metrics.items()
+                  if k in ("time_train", "time_step_a", "time_step_b"))
+    phases = {
+        "generate": float(metrics["time_generate"]),
+        # reference / pi_t passes and ENPO's Step B scoring pass
+        "logprobs_nograd": sec.get("forward_nograd", 0.0),
+        "judge": float(metrics["time_judge"]),
+        "forward_grad": sec.get("forward_grad", 0.0),
+        "backward": sec.get("backward", 0.0),
+        "optimizer": sec.get("optimizer", 0.0),
+    }
+    phases["other"] = round_s - sum(phases.values())
+    pairs = int(metrics["prompts"])  # pairs_per_prompt = 1
+    return {
+        "system": algorithm, "pairs": pairs, "round_seconds": round_s,
+        "setup_seconds": total - round_s, "total_seconds": total, "phases": phases,
+        "trainer_times": {k: float(v) for k, v in metrics.items() if k.startswith("time_")},
+        "train_phase_seconds": train_s, "timers": timers.report(),
+        "judge_pairs": int(metrics.get("judge_calls_total", 0)),
+        "response_len": float(metrics.get("response_len", float("nan"))),
+        "rss_after_imports_mb": rss_imports, "rss_self_peak_mb": self_maxrss_mb(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def child_main(system: str, s: Settings, prompts: list[str], workdir: Path, out: Path,
+               profile: Path | None = None) -> None:
+    """Run one system; with ``profile``, under cProfile (top functions to a text file)."""
+    def body() -> dict[str, Any]:
+        if system == "trl":
+            return child_trl(s, prompts, workdir)
+        return child_nlhf(s, system, prompts, workdir)
+
+    if profile is None:
+        result = body()
+    else:
+        import cProfile
+        import importlib
+        import io
+        import pstats
+
+        # Import first, so the profile shows the run, not module loading.
+        for module in ("torch", "transformers.generation.utils", "peft", "nlhf.train",
+                       "nlhf.judges.criteria", *(("datasets", "trl.experimental.online_dpo")
+                                                 if system == "trl" else ())):
+            importlib.import_module(module)
+        prof = cProfile.Profile()
+        result = prof.runcall(body)
+        profile.mkdir(parents=True, exist_ok=True)
+        text = io.StringIO()
+        stats = pstats.Stats(prof, stream=text).strip_dirs()
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(30)
+        (profile / f"{system}.txt").write_text(text.getvalue())
+    out.write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+class RssSampler:
+    """Polls a process's RSS with psutil (when installed) in a thread; keeps the peak."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        import threading
+
+        self.peak_mb: float | None = None
+        self._done = threading.Event()
+        try:
+            import psutil
+        except ImportError:
+            return
+        self._proc = psutil.Process(pid)
+        self._every = every
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._done.is_set():
+            try:
+                rss = self._proc.memory_info().rss / 2**20
+            except Exception:  # the process ended (or became a zombie) between two polls
+                return
+            self.peak_mb = max(self.peak_mb or 0.0, rss)
+            self._done.wait(self._every)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+def run_child(system: str, s: Settings, prompts: list[str], workdir: Path,
+              profile: Path | None = None) -> dict[str, Any]:
+    """Run one system in a fresh interpreter; its peak RSS comes from its own rusage."""
+    spec = workdir / f"{system}.in.json"
+    out = workdir / f"{system}.out.json"
+    spec.write_text(json.dumps({"settings": asdict(s), "prompts": prompts}))
+    env = dict(os.environ)
+    threads = str(s.threads)
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", system,
+           "--spec", str(spec), "--child-out", str(out), "--workdir", str(workdir)]
+    if profile is not None:
+        cmd += ["--profile", str(profile.resolve())]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=str(ROOT))
+    sampled = RssSampler(proc.pid)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    sampled.stop()
+    if proc.returncode != 0:
+        raise SystemExit(f"{system}: child exited with {proc.returncode}")
+    result = json.loads(out.read_text())
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0  # KiB on Linux: the kernel's high-water
+    result["peak_rss_sampled_mb"] = sampled.peak_mb  # psutil every 0.1 s, a cross-check
+    result["process_wall_seconds"] = wall
+    result["pairs_per_second"] = result["pairs"] / result["round_seconds"]
+    result["pairs_per_second_end_to_end"] = result["pairs"] / result["total_seconds"]
+    return result
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    base = results.get("trl")
+    print(f"\n{'system':<12} {'pairs':>5} {'round s':>8} {'pairs/s':>8} {'× TRL':>6} "
+          f"{'e2e s':>7} {'e2e p/s':>8} {'× TRL':>6} {'peak RSS MB':>11} {'× TRL':>6}")
+    for name, r in results.items():
+        ratio = ratio_e2e = ratio_mem = ""
+        if base is not None:
+            ratio = f"{r['pairs_per_second'] / base['pairs_per_second']:.2f}"
+            e2e = r["pairs_per_second_end_to_end"] / base["pairs_per_second_end_to_end"]
+            ratio_e2e = f"{e2e:.2f}"
+            ratio_mem = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
+        print(f"{name:<12} {r['pairs']:>5} {r['round_seconds']:>8.1f} "
+              f"{r['pairs_per_second']:>8.3f} {ratio:>6} {r['total_seconds']:>7.1f} "
+              f"{r['pairs_per_second_end_to_end']:>8.3f} {ratio_e2e:>6} "
+              f"{r['peak_rss_mb']:>11.0f} {ratio_mem:>6}")
+    keys = ("generate", "logprobs_nograd", "judge", "forward_grad", "backward", "optimizer",
+            "other")
+    print(f"\nseconds per phase of the round\n{'system':<12} "
+          + " ".join(f"{k:>15}" for k in keys))
+    for name, r in results.items():
+        print(f"{name:<12} " + " ".join(f"{r['phases'][k]:>15.2f}" for k in keys))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    d = Settings()
+    parser.add_argument("--model", default=d.model)
+    parser.add_argument("--prompts", type=int, default=d.prompts)
+    parser.add_argument("--batch", type=int, default=d.batch, help="prompts per step")
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    parser.add_argument("--threads", type=int, default=d.threads)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--out", default="benchmarks/results/vs_trl.json")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="run each system under cProfile; top functions to DIR/<system>.txt"
+                        " (slows Python-heavy code: do not compare timings of such runs)")
+    parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(Path(args.spec).read_text())
+        child_main(args.child, Settings(**spec["settings"]), spec["prompts"],
+                   Path(args.workdir), Path(args.child_out), args.profile)
+        return
+    s = Settings(model=args.model, prompts=args.prompts, batch=args.batch,
+                 max_new_tokens=args.max_new_tokens, threads=args.threads, lr=args.lr)
+    systems = [x for x in args.systems.split(",") if x]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    prompts = pick_prompts(s)
+    load_before = loadavg()
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="nlhf-vs-trl-") as tmp:
+        for system in systems:
+            print(f"running {system} ...", flush=True)
+            results[system] = run_child(system, s, prompts, Path(tmp), args.profile)
+    load_after = loadavg()
+    print_table(results)
+    print(f"\nload average (1, 5, 15 min): before {load_before}, after {load_after}")
+    ratios: dict[str, dict[str, float]] = {}
+    if "trl" in results:
+        base = results["trl"]
+        for name, r in results.items():
+            if name != "trl":
+                ratios[name] = {
+                    "throughput_vs_trl": r["pairs_per_second"] / base["pairs_per_second"],
+                    "throughput_end_to_end_vs_trl": (r["pairs_per_second_end_to_end"]
+                                                     / base["pairs_per_second_end_to_end"]),
+                    "peak_rss_vs_trl": r["peak_rss_mb"] / base["peak_rss_mb"],
+                }
+    import torch
+    import transformers
+
+    payload = {
+        "settings": asdict(s), "prompts": prompts, "results": results, "ratios": ratios,
+        "goals": {"throughput_vs_trl": ">= 1.5", "peak_rss_vs_trl": "<= 0.7"},
+        "loadavg_before": load_before, "loadavg_after": load_after,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "transformers": transformers.__version__,
+                    "trl": _version("trl"), "peft": _version("peft")},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {out}")
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

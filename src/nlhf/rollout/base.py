@@ -1,0 +1,175 @@
+"""One interface over every way of sampling responses: in-process HF, vLLM, or a server.
+
+Why an interface: the trainer only needs "samples of adapter X for these prompts, seeded";
+where they come from is a deployment choice (``rollout.backend``). Backends that cannot see
+the policy's in-memory adapters (a server, a separate vLLM engine) set ``loads_adapters``:
+the trainer then saves the current iterate to a folder and calls :meth:`load_adapter` with a
+per-iteration name before generating, so no weights are copied by hand.
+
+Log-probs: only the HF backend can fill ``Sample.logprob`` exactly (it sees the trainer's own
+logits). The others return None and the trainer computes the log-probs it needs with its own
+forward pass (``trainer.data.missing_logprobs`` treats None as missing).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from nlhf.errors import NLHFInputError
+from nlhf.rollout.hf import Sample, _cut_at_eos, generate
+
+if TYPE_CHECKING:
+    from nlhf.config import RolloutConfig
+    from nlhf.policies.lm import LMPolicy
+
+
+class Generator(ABC):
+    """Samples responses to tokenized prompts from a named adapter (None: the reference)."""
+
+    #: The ``rollout.backend`` value that selects this generator.
+    backend: ClassVar[str]
+    #: True: ``generate`` sees only adapters given to :meth:`load_adapter` (by folder);
+    #: False: it samples the policy's in-memory adapters ("policy", "adversary") directly.
+    loads_adapters: ClassVar[bool] = False
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts_ids: Sequence[Sequence[int]],
+        adapter: str | None,
+        *,
+        n_per_prompt: int = 1,
+        max_new_tokens: int = 48,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> list[Sample]:
+        """``n_per_prompt`` samples per prompt, grouped by prompt in prompt order.
+
+        Same arguments, same samples (as far as the backend is deterministic). Each response
+        ends with an EOS token when the model stopped, and is cut at ``max_new_tokens``.
+        """
+
+    @abstractmethod
+    def load_adapter(self, name: str, directory: str | Path) -> None:
+        """After this call, ``generate(..., adapter=name)`` samples the weights in ``directory``."""
+
+    def unload_adapter(self, name: str) -> None:  # noqa: B027 - optional hook, default no-op
+        """Free adapter ``name`` (servers keep a bounded set); a no-op where nothing is held."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, default no-op
+        """Release connections or engines."""
+
+
+class HFGenerator(Generator):
+    """In-process Hugging Face ``generate`` on the policy itself (:func:`rollout.hf.generate`)."""
+
+    backend = "hf"
+    loads_adapters = False
+
+    def __init__(self, policy: LMPolicy, *, batch_size: int = 8) -> None:
+        self.policy = policy
+        self.batch_size = batch_size
+
+    def generate(
+        self,
+        prompts_ids: Sequence[Sequence[int]],
+        adapter: str | None,
+        *,
+        n_per_prompt: int = 1,
+        max_new_tokens: int = 48,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> list[Sample]:
+        return generate(
+            self.policy, prompts_ids, adapter, n_per_prompt=n_per_prompt,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            batch_size=self.batch_size, progress=progress,
+        )
+
+    def load_adapter(self, name: str, directory: str | Path) -> None:
+        """Overwrite the in-memory adapter ``name`` ("policy" or "adversary") from a folder."""
+        self.policy.load_adapter(name, directory)
+
+
+#: Request seeds stay below 2**31: every server takes them (vLLM adds the sample index).
+SEED_LIMIT = 2**31
+
+
+def request_seed(seed: int, prompt_index: int) -> int:
+    """The sampling seed of one prompt's request: a pure function of (seed, prompt index)."""
+    state = np.random.SeedSequence([seed % 2**63, prompt_index, 0x5EED]).generate_state(1)
+    return int(state[0]) % SEED_LIMIT
+
+
+def finish_response(ids: Sequence[int], *, stopped: bool, stop_reason: Any,
+                    eos_token_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+    """A served response in the HF backend's form: cut after its first EOS, at most
+    ``max_new_tokens`` long, and ending in EOS when the model stopped.
+
+    Servers differ on whether the EOS token is in the returned ids; ``stop_reason`` (vLLM)
+    names the stop token when it was one of ``stop_token_ids``.
+    """
+    eos = list(eos_token_ids)
+    out = _cut_at_eos([int(t) for t in ids], set(eos))[:max_new_tokens]
+    if stopped and (not out or out[-1] not in eos) and len(out) < max_new_tokens:
+        out.append(stop_reason if isinstance(stop_reason, int) and stop_reason in eos
+                   else eos[0])
+    return out
+
+
+def base_model_path(policy: LMPolicy) -> str:
+    """Where the policy's base weights were loaded from ("" for in-memory models)."""
+    model: Any = policy.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return str(getattr(getattr(base, "config", None), "_name_or_path", "") or "")
+
+
+def make_generator(cfg: RolloutConfig, policy: LMPolicy) -> Generator:
+    """The generator that ``rollout.backend`` names, built from its config section."""
+    if cfg.backend == "hf":
+        return HFGenerator(policy, batch_size=cfg.batch_size)
+    if policy.finetune != "lora":
+        raise NLHFInputError(
+            f"rollout.backend: {cfg.backend} serves LoRA adapters only; set model.finetune: "
+            "lora or use backend: hf"
+        )
+    if cfg.backend == "openai":
+        from nlhf.rollout.openai_server import OpenAIServerGenerator
+
+        s = cfg.server
+        if not s.base_url:
+            raise NLHFInputError(
+                "rollout.server.base_url: required for rollout.backend 'openai' "
+                "(e.g. http://127.0.0.1:8000/v1)"
+            )
+        return OpenAIServerGenerator(
+            s.base_url, s.model or "", tokenizer=policy.tokenizer,
+            eos_token_ids=policy.eos_token_ids, api_key_env=s.api_key_env, timeout=s.timeout,
+            max_retries=s.max_retries, concurrency=s.concurrency,
+            prompt_format=s.prompt_format, token_ids=s.token_ids, adapter_url=s.adapter_url,
+        )
+    if cfg.backend == "vllm":
+        from nlhf.rollout.vllm_engine import VLLMGenerator
+
+        v = cfg.vllm
+        model = v.model or base_model_path(policy)
+        if not model:
+            raise NLHFInputError(
+                "rollout.vllm.model: this base model exists only in memory (e.g. tiny-random); "
+                "give a model folder or Hub id that vLLM can load, or use backend: hf"
+            )
+        return VLLMGenerator(
+            model, tokenizer=policy.tokenizer, eos_token_ids=policy.eos_token_ids,
+            max_lora_rank=policy.lora.r, dtype=v.dtype,
+            gpu_memory_utilization=v.gpu_memory_utilization, max_model_len=v.max_model_len,
+        )
+    raise NLHFInputError(f"rollout.backend: unknown {cfg.backend!r}; use hf, vllm or openai")
