@@ -67,6 +67,9 @@ class Settings:
     lora_alpha: int = 32
     seed: int = 0
     heldout: int = 64
+    #: glibc MALLOC_MMAP_THRESHOLD_ for every child (0: the allocator's default). A fixed
+    #: threshold stops glibc from keeping freed activation buffers, see docs/performance.md.
+    malloc_mmap_threshold: int = 0
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -88,6 +91,8 @@ class Timers:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._depth: dict[str, int] = defaultdict(int)
+        #: Names of the timed calls now running, innermost last (for RSS attribution).
+        self.active: list[str] = []
 
     def wrap(self, owner: Any, attr: str, name: Callable[..., str] | str) -> None:
         """Replace ``owner.attr`` by a timed version; re-entrant calls count once."""
@@ -100,10 +105,12 @@ class Timers:
             if timers._depth[key]:
                 return original(*args, **kwargs)
             timers._depth[key] += 1
+            timers.active.append(key)
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
+                timers.active.pop()
                 timers._depth[key] -= 1
                 timers.seconds[key] += time.perf_counter() - start
                 timers.calls[key] += 1
@@ -119,11 +126,45 @@ def common_timers() -> Timers:
     import torch
     from transformers.generation.utils import GenerationMixin
 
+    from nlhf.judges.base import Judge
+
     t = Timers()
     t.wrap(GenerationMixin, "generate", "hf_generate")
+    t.wrap(Judge, "prob", "judge")  # the criteria judge itself (nlhf's cache wrapper overrides)
     t.wrap(torch.Tensor, "backward", "backward")
     t.wrap(torch.optim.AdamW, "step", "optimizer")
     return t
+
+
+class PhaseRss:
+    """Samples this process's RSS (/proc/self/statm) every few ms from a thread and keeps
+    the peak seen while each timed call was the innermost one running."""
+
+    def __init__(self, timers: Timers, every: float = 0.02) -> None:
+        import threading
+
+        self.timers = timers
+        self.peak_mb: dict[str, float] = defaultdict(float)
+        self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        self._done = threading.Event()
+        self._every = every
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        with open("/proc/self/statm") as f:
+            while not self._done.is_set():
+                f.seek(0)
+                rss = int(f.read().split()[1]) * self._page_mb
+                active = self.timers.active
+                where = active[-1] if active else "outside"
+                self.peak_mb[where] = max(self.peak_mb[where], rss)
+                self._done.wait(self._every)
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.peak_mb.items()}
 
 
 def self_maxrss_mb() -> float:
@@ -151,6 +192,7 @@ def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
 
     set_threads(s.threads)
     timers = common_timers()
+    rss = PhaseRss(timers)
     rss_imports = self_maxrss_mb()
     start = time.perf_counter()
     tokenizer, model = load_model_and_tokenizer(s.model, seed=s.seed)
@@ -162,9 +204,7 @@ def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
         n = len(completions) // 2
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts[:n]]
-        t0 = time.perf_counter()
         p = judge.prob(users, texts[:n], texts[n:])
-        timers.seconds["judge"] += time.perf_counter() - t0
         judge_calls[0] += n
         return [float(v) for v in p] + [1.0 - float(v) for v in p]
 
@@ -227,7 +267,8 @@ def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
         "timers": timers.report(), "judge_pairs": judge_calls[0],
         "optimizer_steps": int(out.global_step), "train_loss": float(out.training_loss),
         "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
-        "rss_self_peak_mb": self_maxrss_mb(), "torch_threads": torch.get_num_threads(),
+        "rss_self_peak_mb": self_maxrss_mb(), "rss_peak_by_phase_mb": rss.stop(),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -279,9 +320,12 @@ def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
     timers = common_timers()
     timers.wrap(LMPolicy, "sequence_logprobs",
                 lambda *a, **k: "forward_grad" if k.get("grad") else "forward_nograd")
-    # The round's wall time: its phases plus reading/writing the store around them.
-    timers.wrap(nlhf.train, "_round", "round")
-    timers.wrap(nlhf.train, "_finish_round", "finish_round")
+    # The round's wall time: its phases plus reading/writing the store around them (private
+    # names: without them the round time falls back to the trainer's time_iteration).
+    for attr, key in (("_round", "round"), ("_finish_round", "finish_round")):
+        if hasattr(nlhf.train, attr):
+            timers.wrap(nlhf.train, attr, key)
+    rss = PhaseRss(timers)
     rss_imports = self_maxrss_mb()
     run_dir = workdir / algorithm
     cfg = validate_config(nlhf_config(s, algorithm, run_dir), "vs_trl")
@@ -293,7 +337,8 @@ def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
     if sorted(got) != sorted(prompts):
         raise RuntimeError(f"{algorithm}: trained on other prompts than TRL was given")
     sec = timers.seconds
-    round_s = sec["round"] + sec["finish_round"]
+    round_s = (sec["round"] + sec.get("finish_round", 0.0) if "round" in sec
+               else float(metrics["time_iteration"]))
     train_s = sum(float(v) for k, v in metrics.items()
                   if k in ("time_train", "time_step_a", "time_step_b"))
     phases = {
@@ -315,7 +360,7 @@ def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
         "judge_pairs": int(metrics.get("judge_calls_total", 0)),
         "response_len": float(metrics.get("response_len", float("nan"))),
         "rss_after_imports_mb": rss_imports, "rss_self_peak_mb": self_maxrss_mb(),
-        "torch_threads": torch.get_num_threads(),
+        "rss_peak_by_phase_mb": rss.stop(), "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -394,6 +439,8 @@ def run_child(system: str, s: Settings, prompts: list[str], workdir: Path,
     threads = str(s.threads)
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    if s.malloc_mmap_threshold > 0:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(s.malloc_mmap_threshold)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", system,
            "--spec", str(spec), "--child-out", str(out), "--workdir", str(workdir)]
     if profile is not None:
@@ -441,6 +488,13 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
           + " ".join(f"{k:>15}" for k in keys))
     for name, r in results.items():
         print(f"{name:<12} " + " ".join(f"{r['phases'][k]:>15.2f}" for k in keys))
+    where = ("outside", "hf_generate", "forward_nograd", "judge", "forward_grad", "backward",
+             "optimizer")
+    print(f"\npeak RSS (MB) while each call was running (sampled every 20 ms)\n{'system':<12} "
+          + " ".join(f"{k:>15}" for k in where))
+    for name, r in results.items():
+        peaks = r.get("rss_peak_by_phase_mb", {})
+        print(f"{name:<12} " + " ".join(f"{peaks.get(k, float('nan')):>15.0f}" for k in where))
 
 
 def main() -> None:
@@ -452,6 +506,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=0,
+                        help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in every child")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--out", default="benchmarks/results/vs_trl.json")
     parser.add_argument("--profile", type=Path, default=None,
@@ -468,7 +524,8 @@ def main() -> None:
                    Path(args.workdir), Path(args.child_out), args.profile)
         return
     s = Settings(model=args.model, prompts=args.prompts, batch=args.batch,
-                 max_new_tokens=args.max_new_tokens, threads=args.threads, lr=args.lr)
+                 max_new_tokens=args.max_new_tokens, threads=args.threads, lr=args.lr,
+                 malloc_mmap_threshold=args.malloc_mmap_threshold)
     systems = [x for x in args.systems.split(",") if x]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:

@@ -4,17 +4,13 @@
 from __future__ import annotations
 
 import json
-import random
-import socket
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
+from fake_openai import BASE_MODEL, EOS, FakeOpenAI, free_port
 from nlhf.config import TrainConfig, validate_config
 from nlhf.errors import NLHFInputError
 from nlhf.rollout import generate
@@ -22,122 +18,11 @@ from nlhf.rollout.base import HFGenerator, make_generator, request_seed
 from nlhf.rollout.openai_server import GeneratorUnavailableError, OpenAIServerGenerator
 from nlhf.store import RunStore
 
-BASE = "base-model"
-EOS_FALLBACK = 2  # SmolLM2's <|im_end|>, the tiny model's EOS
+BASE = BASE_MODEL
+EOS_FALLBACK = EOS
 
 
 # --------------------------------------------------------------------------- fake server
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeCompletions
-
-    def log_message(self, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def do_POST(self) -> None:
-        st = self.server.state
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.lock:
-            st["requests"].append((self.path, body, self.headers.get("Authorization")))
-            if st["fail"]:
-                return self._reply(st["fail"].pop(0), {"error": {"message": "busy"}})
-        if self.path == "/v1/completions":
-            return self._complete(body)
-        if self.path == "/v1/load_lora_adapter":
-            return self._load(body)
-        if self.path == "/v1/unload_lora_adapter":
-            return self._unload(body)
-        self._reply(404, {"detail": "Not Found"})
-
-    def _load(self, body: dict[str, Any]) -> None:
-        st, name, path = self.server.state, body["lora_name"], Path(body["lora_path"])
-        with self.server.lock:
-            if name in st["loaded"]:
-                return self._reply(400, {"message": f"The lora adapter '{name}' has already "
-                                                    "been loaded."})
-            if not (path / "adapter_config.json").is_file():
-                return self._reply(404, {"message": f"No adapter found for {path}"})
-            st["loaded"][name] = str(path)
-            st["events"].append(("load", name, str(path)))
-        self._reply(200, f"Success: LoRA adapter '{name}' added successfully.", text=True)
-
-    def _unload(self, body: dict[str, Any]) -> None:
-        st, name = self.server.state, body["lora_name"]
-        with self.server.lock:
-            if st["loaded"].pop(name, None) is None:
-                return self._reply(404, {"message": f"The lora adapter '{name}' cannot be "
-                                                    "found."})
-            st["events"].append(("unload", name))
-        self._reply(200, f"Success: LoRA adapter '{name}' removed successfully.", text=True)
-
-    def _complete(self, body: dict[str, Any]) -> None:
-        """Deterministic in (model, prompt, seed, sample index): a seeded RNG picks tokens."""
-        st = self.server.state
-        model = body["model"]
-        with self.server.lock:
-            if model != BASE and model not in st["loaded"]:
-                return self._reply(404, {"message": f"The model `{model}` does not exist."})
-            st["events"].append(("complete", model))
-        eos = (body.get("stop_token_ids") or [EOS_FALLBACK])[0]
-        limit = int(body.get("max_tokens", 16))
-        choices = []
-        for j in range(int(body.get("n", 1))):
-            rng = random.Random(f"{model}|{body['prompt']}|{body.get('seed')}|{j}")
-            length = rng.randint(0, limit)
-            tokens = [rng.randrange(300, 5000) for _ in range(min(length, limit))]
-            stopped = length < limit
-            ids = [*tokens, eos] if stopped else tokens
-            choice: dict[str, Any] = {"index": j, "text": st["decode"](tokens),
-                                      "finish_reason": "stop" if stopped else "length",
-                                      "stop_reason": None}
-            mode = st["ids"]
-            if mode == "token_ids" and body.get("return_token_ids"):
-                choice["token_ids"] = ids
-            if mode == "logprobs" and body.get("logprobs") is not None \
-                    and body.get("return_tokens_as_token_ids"):
-                choice["logprobs"] = {"tokens": [f"token_id:{t}" for t in ids],
-                                      "token_logprobs": [-1.0] * len(ids)}
-            choices.append(choice)
-        self._reply(200, {"id": "cmpl-1", "object": "text_completion", "model": model,
-                          "choices": choices})
-
-    def _reply(self, code: int, payload: Any, text: bool = False) -> None:
-        data = (payload if text else json.dumps(payload)).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain" if text else "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-class FakeCompletions(ThreadingHTTPServer):
-    """A vLLM-like completions server with runtime LoRA endpoints; it records every request.
-
-    ``state["ids"]`` picks how token ids come back: ``token_ids`` (vLLM's return_token_ids),
-    ``logprobs`` (``token_id:N`` log-prob tokens) or ``text`` (text only).
-    """
-
-    daemon_threads = True
-
-    def __init__(self, decode: Callable[[list[int]], str]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.state: dict[str, Any] = {"requests": [], "events": [], "loaded": {}, "fail": [],
-                                      "ids": "token_ids", "decode": decode}
-        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-    def completions(self) -> list[dict[str, Any]]:
-        return [b for p, b, _ in self.state["requests"] if p == "/v1/completions"]
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 @pytest.fixture
@@ -146,22 +31,17 @@ def tokenizer(tiny_parts: tuple[Any, Any]) -> Any:
 
 
 @pytest.fixture
-def server(tokenizer: Any) -> Iterator[FakeCompletions]:
-    srv = FakeCompletions(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+def server(tokenizer: Any) -> Iterator[FakeOpenAI]:
+    srv = FakeOpenAI(decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+                     base_model=BASE)
     yield srv
     srv.stop()
 
 
-def client(server: FakeCompletions, tokenizer: Any, **kwargs: Any) -> OpenAIServerGenerator:
+def client(server: FakeOpenAI, tokenizer: Any, **kwargs: Any) -> OpenAIServerGenerator:
     kwargs.setdefault("eos_token_ids", [EOS_FALLBACK])
     kwargs.setdefault("backoff", 0.01)
     return OpenAIServerGenerator(server.url, BASE, tokenizer=tokenizer, **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- protocol

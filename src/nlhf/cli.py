@@ -60,9 +60,10 @@ def simulate(
     from dataclasses import replace
 
     from nlhf.algorithms import LabSettings
+    from nlhf.atomic import write_json_atomic
     from nlhf.claims import check_claims
     from nlhf.lab_report import summary_markdown, write_plots
-    from nlhf.simulate import PRESETS, Experiment, build_specs, run_experiment, write_json_atomic
+    from nlhf.simulate import PRESETS, Experiment, build_specs, run_experiment
 
     command = "nlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if preset is not None:
@@ -105,7 +106,7 @@ def simulate(
         exp = Experiment(specs, command)
     results = run_experiment(exp, workers=workers, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", results, indent=1)
     claims = check_claims(results) if preset == "paper-claims" else []
     summary = summary_markdown(results, claims)
     (out / "summary.md").write_text(summary)

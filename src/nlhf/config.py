@@ -7,8 +7,6 @@ silently ignored; :func:`load_config` turns the first validation error into an
 
 from __future__ import annotations
 
-import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from nlhf.atomic import write_text_atomic
 from nlhf.errors import NLHFInputError
 
 Algorithm = Literal["enpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"]
@@ -350,17 +349,5 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
 def dump_config(cfg: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically (temp file + rename), so a run directory
     never holds a half-written config if the process dies."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return write_text_atomic(path, text)

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nlhf.atomic import write_json_atomic
 from nlhf.config import TrainConfig, load_config
 from nlhf.errors import NLHFInputError
 from nlhf.stats import mean_interval, wilson_interval
@@ -316,10 +315,12 @@ def evaluate(
     }
     results = _results(name, run, other, mine, theirs, prompts, per_prompt, policy, settings)
     out_dir = run.path / "eval"
-    write_json(out_dir / f"{name}.json", results)
-    write_json(out_dir / f"alpaca_eval_{name}.json", alpaca_records(prompts, mine, sampler.n))
-    write_json(out_dir / f"alpaca_eval_{name}_reference.json",
-               alpaca_records(prompts, theirs, sampler.n))
+    style: dict[str, Any] = {"indent": 2, "ensure_ascii": False}
+    write_json_atomic(out_dir / f"{name}.json", results, **style)
+    write_json_atomic(out_dir / f"alpaca_eval_{name}.json",
+                      alpaca_records(prompts, mine, sampler.n), **style)
+    write_json_atomic(out_dir / f"alpaca_eval_{name}_reference.json",
+                      alpaca_records(prompts, theirs, sampler.n), **style)
     print_table(results)
     return results
 
@@ -385,26 +386,6 @@ def alpaca_records(prompts: list[tuple[int, str]], side: Side, n: int) -> list[d
          "dataset": ALPACA_DATASET}
         for i, (_, text) in enumerate(prompts)
     ]
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Write JSON atomically (temp file + os.replace): readers never see half a file."""
-    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def print_table(results: dict[str, Any]) -> None:

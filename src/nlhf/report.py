@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from nlhf.evaluate import Run, completed_iteration, open_run, write_text
+from nlhf.atomic import atomic_path, write_text_atomic
+from nlhf.evaluate import Run, completed_iteration, open_run
 
 LENGTH_KEY = re.compile(r"length|(^|_)len(_|$)")
 
@@ -81,15 +80,8 @@ def _is_number(v: Any) -> bool:
 
 
 def _save_png(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _integer_x(ax: Any) -> None:
@@ -273,4 +265,4 @@ def report(run_dir: str | Path) -> Path:
     for title, rel in plots:
         lines += [f"### {title}", "", f"![{title}]({rel})", ""]
     lines += [f"- {n}" for n in plot_notes]
-    return write_text(run.path / "report.md", "\n".join(lines).rstrip() + "\n")
+    return write_text_atomic(run.path / "report.md", "\n".join(lines).rstrip() + "\n")

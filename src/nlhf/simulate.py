@@ -6,12 +6,10 @@ process pool (one torch thread each), so a 2-core machine runs two at a time.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -206,9 +204,3 @@ def paper_claims_experiment(command: str = "") -> Experiment:
 
 
 PRESETS = {"paper-claims": paper_claims_experiment}
-
-
-def write_json_atomic(path: Path, document: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, path)

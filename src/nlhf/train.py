@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from nlhf.trainer.data import (
     run_judge,
     run_logprobs,
 )
+from nlhf.trainer.dist import Dist, ShardedJudge, make_dist, shared_store
 from nlhf.trainer.preflight import Checked, preflight
 from nlhf.trainer.rundir import (
     RunDir,
@@ -113,14 +115,16 @@ def _ensure_prompts(cfg: TrainConfig, store: RunStore,
     return store.prompts("train")
 
 
-def _load_policy(cfg: TrainConfig) -> LMPolicy:
+def _load_policy(cfg: TrainConfig, device: Any = None) -> LMPolicy:
+    """The policy on ``device`` (None: the default one; each rank passes its own GPU)."""
     from nlhf.policies.lm import LMPolicy, LoraSettings
 
     m = cfg.model
     lora = LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
                         target_modules=tuple(m.lora.target_modules))
     return LMPolicy.from_name(m.name, finetune=m.finetune, lora=lora, dtype=m.dtype,
-                              trust_remote_code=m.trust_remote_code, seed=cfg.seed)
+                              trust_remote_code=m.trust_remote_code, seed=cfg.seed,
+                              device=device)
 
 
 def _restore(policy: LMPolicy, run: RunDir, iteration: int) -> None:
@@ -147,12 +151,14 @@ def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
     tokens = [policy.encode_prompt(text) for _, text in prompts]
     sources = algo.sources()
     gen = ctx.phase("generate", lambda: run_generation(
-        policy, cfg, t, prompts, tokens, sources, ctx.store, ctx.progress, generator, ctx.run))
+        policy, cfg, t, prompts, tokens, sources, ctx.store, ctx.progress, generator, ctx.run,
+        ctx.dist))
     data = load_round(ctx.store, t, prompts, tokens, sources, policy.device)
 
     needs = [*algo.logprob_needs(), ("policy", "pi_t"), ("policy", "ref")]
     lp = ctx.phase("logprobs", lambda: {"values": run_logprobs(
-        policy, data, missing_logprobs(data, needs), cfg.rollout.batch_size, ctx.progress)})
+        policy, data, missing_logprobs(data, needs), cfg.rollout.batch_size, ctx.progress,
+        ctx.dist)})
     attach_logprobs(data, lp["values"])
 
     def ask() -> dict[str, Any]:
@@ -184,18 +190,22 @@ def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
 
 
 def _finish_round(ctx: RoundContext, metrics: dict[str, float]) -> dict[str, float]:
-    """Metrics into the store (once), metrics.jsonl and state.json rewritten, round marked."""
+    """Metrics into the store (once), metrics.jsonl and state.json rewritten (rank 0),
+    round marked."""
     t, store = ctx.iteration, ctx.store
     if not any(i == t for i, _, _ in store.metrics()):
         store.add_metrics(t, metrics)
-    write_metrics(ctx.run, store.metrics())
-    saved = [str(ctx.run.adapter(s, "policy").relative_to(ctx.run.root)) for s in range(1, t + 1)]
-    write_state(ctx.run, {"last_completed_iteration": t, "iterations": ctx.cfg.iterations,
-                          "algorithm": ctx.cfg.algorithm, "finetune": ctx.cfg.model.finetune,
-                          "policy_iterates": saved})
+    rows = store.metrics()
+    if ctx.dist.is_main:
+        write_metrics(ctx.run, rows)
+        saved = [str(ctx.run.adapter(s, "policy").relative_to(ctx.run.root))
+                 for s in range(1, t + 1)]
+        write_state(ctx.run, {"last_completed_iteration": t, "iterations": ctx.cfg.iterations,
+                              "algorithm": ctx.cfg.algorithm,
+                              "finetune": ctx.cfg.model.finetune, "policy_iterates": saved})
     store.mark_done(ctx.key("saved"))
     ctx.checkpoint(ctx.key("saved"))
-    return {name: value for i, name, value in store.metrics() if i == t}
+    return {name: value for i, name, value in rows if i == t}
 
 
 def _summary(t: int, total: int, m: dict[str, float]) -> str:
@@ -210,20 +220,30 @@ def _summary(t: int, total: int, m: dict[str, float]) -> str:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run (or, with ``resume``, continue) a training run; returns the run directory."""
-    cfg, run, checked = _prepare(cfg, resume)
-    with run_lock(run):
+    """Run (or, with ``resume``, continue) a training run; returns the run directory.
+
+    Under ``accelerate launch`` (several processes) every rank calls this; rank 0 alone
+    checks, locks and writes the run directory (see :mod:`nlhf.trainer.dist`).
+    """
+    dist = make_dist()
+    cfg, run, checked = dist.on_main(lambda: _prepare(cfg, resume),
+                                     share=lambda r: (r[0], r[1], None))
+    with ExitStack() as main_only:
+        dist.on_main(lambda: main_only.enter_context(run_lock(run)), share=lambda _: None)
         if resume:
-            remove_partial_writes(run)
-        _run(cfg, run, progress, checked)
+            dist.on_main(lambda: remove_partial_writes(run), share=lambda _: None)
+        _run(cfg, run, progress, checked, dist)
     return run.root
 
 
-def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None) -> None:
-    store = RunStore(run.store)
+def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
+         dist: Dist) -> None:
+    own = dist.on_main(lambda: RunStore(run.store), share=lambda _: None)
+    store = shared_store(own, dist)
+    progress = progress and dist.is_main
     try:
-        train_prompts = _ensure_prompts(cfg, store, checked)
-        done = int(read_state(run.root).get("last_completed_iteration", 0))
+        train_prompts = dist.on_main(lambda: _ensure_prompts(cfg, own, checked))
+        done = dist.on_main(lambda: int(read_state(run.root).get("last_completed_iteration", 0)))
         if done >= cfg.iterations:
             return
         from rich.console import Console
@@ -232,14 +252,18 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None)
         from nlhf.rollout.base import make_generator
 
         console = Console(stderr=True, quiet=not progress)
-        policy = _load_policy(cfg)
-        judge = CachedJudge(checked.judge if checked else make_judge(cfg.judge), store)
+        policy = _load_policy(cfg, dist.device)
+        inner = checked.judge if checked else make_judge(cfg.judge)
+        judge = CachedJudge(ShardedJudge(inner, dist) if dist.world > 1 else inner, store)
         algo = LLM_ALGORITHMS[cfg.algorithm](cfg)
         _restore(policy, run, done)
-        generator = make_generator(cfg.rollout, policy)  # rollout.backend: hf, vllm, openai
+        # rollout.backend: hf, vllm, openai; under several processes rank 0 alone drives a
+        # server or engine (see trainer.data.sample_source)
+        generator = (make_generator(cfg.rollout, policy)
+                     if dist.is_main or cfg.rollout.backend == "hf" else None)
         for t in range(done + 1, cfg.iterations + 1):
             start = time.perf_counter()
-            ctx = RoundContext(policy, cfg, t, store, run, progress, _checkpoint)
+            ctx = RoundContext(policy, cfg, t, store, run, progress, _checkpoint, dist)
             metrics = _finish_round(ctx, _round(ctx, algo, judge, train_prompts, generator))
             console.print(_summary(t, cfg.iterations, metrics), soft_wrap=True,
                           end=f"  (wall {time.perf_counter() - start:.1f}s)\n")

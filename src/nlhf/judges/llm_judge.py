@@ -13,6 +13,7 @@ import numpy as np
 
 from nlhf.errors import NLHFInputError
 from nlhf.judges.base import Judge
+from nlhf.judges.hf_models import load_judge_model, load_judge_tokenizer
 
 JUDGE_TEMPLATE = (
     "You compare two responses to the same prompt.\n\n"
@@ -60,32 +61,20 @@ class LLMJudge(Judge):
     def _load(self) -> None:
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from nlhf.policies.loading import local_model_path
-
-        local_model_path(self.model_name, "judge.model")  # no pickled weights
-
-        kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code,
-                              "revision": self.revision}
-        tok = AutoTokenizer.from_pretrained(self.model_name, **kw)
+        tok = load_judge_tokenizer(self.model_name, trust_remote_code=self.trust_remote_code,
+                                   revision=self.revision)
         if self.chat_template is not None or not getattr(tok, "chat_template", None):
             tok.chat_template = self.chat_template or FALLBACK_CHAT_TEMPLATE
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
         tok.padding_side = "left"  # the answer is read at the last position of every row
         self._ids = (self._letter_id(tok, "A"), self._letter_id(tok, "B"))
         if self._ids[0] == self._ids[1]:
             raise NLHFInputError(
                 f"judge.model: {self.model_name}'s tokenizer maps 'A' and 'B' to one token"
             )
-        dtype = getattr(torch, self.dtype) if self.dtype else None
-        model = AutoModelForCausalLM.from_pretrained(
-            self.model_name, use_safetensors=True, dtype=dtype, **kw
-        )
+        self._model = load_judge_model(
+            "AutoModelForCausalLM", self.model_name, dtype=self.dtype, device=self.device,
+            trust_remote_code=self.trust_remote_code, revision=self.revision)
         self._tokenizer = tok
-        self._model = model.to(self.device).eval()
 
     @staticmethod
     def _letter_id(tok: Any, letter: str) -> int:

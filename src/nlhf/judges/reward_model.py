@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from nlhf.judges.base import LRU, Judge
+from nlhf.judges.hf_models import load_judge_model, load_judge_tokenizer
 
 
 class RewardModelJudge(Judge):
@@ -42,25 +43,14 @@ class RewardModelJudge(Judge):
     def _load(self) -> None:
         if self._model is not None:
             return
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from nlhf.policies.loading import local_model_path
-
-        local_model_path(self.model_name, "judge.model")  # no pickled weights
-
-        kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code,
-                              "revision": self.revision}
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_name, **kw)
-        if self._tokenizer.pad_token is None:
-            self._tokenizer.pad_token = self._tokenizer.eos_token
-        dtype = getattr(torch, self.dtype) if self.dtype else None
-        model = AutoModelForSequenceClassification.from_pretrained(
-            self.model_name, use_safetensors=True, dtype=dtype, **kw
-        )
+        self._tokenizer = load_judge_tokenizer(
+            self.model_name, trust_remote_code=self.trust_remote_code, revision=self.revision)
+        model = load_judge_model(
+            "AutoModelForSequenceClassification", self.model_name, dtype=self.dtype,
+            device=self.device, trust_remote_code=self.trust_remote_code, revision=self.revision)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self._tokenizer.pad_token_id
-        self._model = model.to(self.device).eval()
+        self._model = model
 
     def _encode(self, prompts: list[str], responses: list[str]) -> Any:
         tok = self._tokenizer

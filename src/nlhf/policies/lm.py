@@ -11,7 +11,7 @@ import copy
 import inspect
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from nlhf.atomic import atomic_directory
 from nlhf.errors import NLHFInputError
-from nlhf.policies.loading import DEFAULT_MODEL, atomic_directory, load_model_and_tokenizer
+from nlhf.policies.loading import DEFAULT_MODEL, load_model_and_tokenizer
 
 ADAPTERS = ("policy", "adversary")
 FINETUNE_MODES = ("lora", "full")
@@ -57,6 +58,12 @@ def default_device() -> torch.device:
 
 class LMPolicy:
     """Policy, adversary and reference over one tokenizer; log-probs of responses given prompts."""
+
+    #: Set by the trainer's data-parallel phases (:mod:`nlhf.trainer.dist`): computes the
+    #: differentiable log-probs of :meth:`sequence_logprobs` instead (each rank forwards its
+    #: share of the rows through the DDP-wrapped model). None: the plain single-process path.
+    grad_logprobs: Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]], str],
+                            torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -198,20 +205,34 @@ class LMPolicy:
         n = len(prompt_ids)
         if n == 0:
             return torch.zeros(0, device=self.device)
-        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
-        order = sorted(range(n), key=lambda i: -lengths[i])
-        out: list[torch.Tensor] = [torch.zeros(())] * n
         track = grad and adapter is not None
-        step = max(1, batch_size)
+        if track and self.grad_logprobs is not None:
+            return self.grad_logprobs(prompt_ids, response_ids, adapter)
+        out: list[torch.Tensor] = [torch.zeros(())] * n
         with self.using(adapter) as model, torch.set_grad_enabled(track):
-            for start in range(0, n, step):
-                idx = order[start : start + step]
+            for idx in self.logprob_batches(prompt_ids, response_ids, batch_size):
                 values = self._batch_logprobs(
                     model, [prompt_ids[i] for i in idx], [response_ids[i] for i in idx]
                 )
                 for j, i in enumerate(idx):
                     out[i] = values[j]
         return torch.stack(out)
+
+    @staticmethod
+    def logprob_batches(
+        prompt_ids: Sequence[Sequence[int]],
+        response_ids: Sequence[Sequence[int]],
+        batch_size: int,
+    ) -> list[list[int]]:
+        """The batches (row indices, longest first) that :meth:`sequence_logprobs` runs.
+
+        Public so that data-parallel ranks can split whole batches: a row's value then comes
+        from the same padded batch, bit for bit, whatever the number of processes.
+        """
+        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        step = max(1, batch_size)
+        return [order[s : s + step] for s in range(0, len(order), step)]
 
     def _batch_logprobs(
         self,

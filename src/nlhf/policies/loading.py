@@ -10,16 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from nlhf.atomic import atomic_directory
 from nlhf.errors import NLHFInputError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -50,39 +48,14 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "nlhf"
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str, field: str = "dtype") -> torch.dtype:
     """Map a dtype name from a config to torch; unknown names are a user error."""
     try:
         return _DTYPES[name.lower()]
     except KeyError:
         raise NLHFInputError(
-            f"dtype: unknown {name!r}; use one of float32, bfloat16, float16"
+            f"{field}: unknown {name!r}; use one of float32, bfloat16, float16"
         ) from None
-
-
-@contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temp dir next to `target`; on success it replaces `target` in one rename.
-
-    A crash or exception mid-write leaves `target` as it was and removes the temp dir, so a
-    reader never sees half a checkpoint.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a saved model should read like any folder
-    try:
-        yield tmp
-        old: Path | None = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}-{random.getrandbits(32):x}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def gguf_folder() -> Path:

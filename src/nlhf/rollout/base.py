@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from nlhf.errors import NLHFInputError
-from nlhf.rollout.hf import Sample, _cut_at_eos, generate
+from nlhf.rollout.hf import Sample, _cut_at_eos, generate, generate_batches, plan_batches
 
 if TYPE_CHECKING:
     from nlhf.config import RolloutConfig
@@ -95,6 +95,30 @@ class HFGenerator(Generator):
             batch_size=self.batch_size, progress=progress,
         )
 
+    def generate_shard(
+        self,
+        prompts_ids: Sequence[Sequence[int]],
+        adapter: str | None,
+        rank: int,
+        world: int,
+        *,
+        n_per_prompt: int = 1,
+        max_new_tokens: int = 48,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> dict[int, Sample]:
+        """This rank's part of :meth:`generate`: batches b with b % world == rank, as
+        {index in generate's output: sample}. The union over ranks equals ``generate``'s
+        output exactly (same batches, same seeds), whatever ``world`` is."""
+        jobs, batches = plan_batches(prompts_ids, n_per_prompt, self.batch_size)
+        mine = [b for b in range(len(batches)) if b % world == rank]
+        return generate_batches(
+            self.policy, jobs, batches, mine, adapter, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, seed=seed, progress=progress,
+        )
+
     def load_adapter(self, name: str, directory: str | Path) -> None:
         """Overwrite the in-memory adapter ``name`` ("policy" or "adversary") from a folder."""
         self.policy.load_adapter(name, directory)
@@ -108,6 +132,29 @@ def request_seed(seed: int, prompt_index: int) -> int:
     """The sampling seed of one prompt's request: a pure function of (seed, prompt index)."""
     state = np.random.SeedSequence([seed % 2**63, prompt_index, 0x5EED]).generate_state(1)
     return int(state[0]) % SEED_LIMIT
+
+
+#: Sampler knobs that servers and vLLM would otherwise take from the model's
+#: ``generation_config``: all off, so the samples follow temperature and top-p alone.
+NEUTRAL_SAMPLING: dict[str, Any] = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def eos_ids(eos_token_ids: Sequence[int] | None, tokenizer: Any) -> list[int]:
+    """The stop token ids of a served backend (default: the tokenizer's EOS); none is an error."""
+    eos = list(eos_token_ids) if eos_token_ids else [tokenizer.eos_token_id]
+    ids = [int(e) for e in eos if e is not None]
+    if not ids:
+        raise NLHFInputError("tokenizer: no EOS token id; the server could not stop")
+    return ids
+
+
+def lora_folder(directory: str | Path) -> Path:
+    """``directory`` as an absolute path, checked to hold a LoRA adapter: a server or engine
+    reads the folder itself, so it gets the absolute path."""
+    path = Path(directory).resolve()
+    if not (path / "adapter_config.json").is_file():
+        raise NLHFInputError(f"adapter: {path} holds no LoRA adapter (adapter_config.json)")
+    return path
 
 
 def finish_response(ids: Sequence[int], *, stopped: bool, stop_reason: Any,

@@ -7,7 +7,7 @@ second forward pass for the pi_t term of its losses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,21 @@ class Sample:
     response_ids: list[int]
     text: str
     logprob: float | None
+
+    @classmethod
+    def decoded(cls, tokenizer: Any, prompt_index: int, prompt_ids: list[int],
+                response_ids: list[int], logprob: float | None = None) -> Sample:
+        """A sample whose ``text`` is its response decoded without special tokens (EOS)."""
+        return cls(prompt_index=prompt_index, prompt_ids=prompt_ids, response_ids=response_ids,
+                   text=tokenizer.decode(response_ids, skip_special_tokens=True),
+                   logprob=logprob)
+
+
+def prompt_lists(prompts_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+    """The prompts as lists of ids; an empty prompt is an error (nothing to continue)."""
+    if any(len(p) == 0 for p in prompts_ids):
+        raise ValueError("every prompt needs at least one token")
+    return [list(p) for p in prompts_ids]
 
 
 def batch_seed(seed: int, batch_index: int) -> int:
@@ -100,6 +115,71 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+Job = tuple[int, list[int]]
+
+
+def plan_batches(
+    prompts_ids: Sequence[Sequence[int]], n_per_prompt: int, batch_size: int
+) -> tuple[list[Job], list[list[int]]]:
+    """The jobs (prompt index, prompt ids), one per sample, and the batches of job indices
+    that :func:`generate` runs: length-sorted to cut padding.
+
+    Public so that data-parallel ranks can split the *batches* among themselves: a batch
+    keeps its members and its seed whichever rank runs it, so the samples do not depend on
+    the number of processes.
+    """
+    prompts = prompt_lists(prompts_ids)
+    jobs = [(i, list(p)) for i, p in enumerate(prompts) for _ in range(n_per_prompt)]
+    order = sorted(range(len(jobs)), key=lambda k: len(jobs[k][1]))
+    step = max(1, batch_size)
+    return jobs, [order[s : s + step] for s in range(0, len(order), step)]
+
+
+def generate_batches(
+    policy: LMPolicy,
+    jobs: Sequence[Job],
+    batches: Sequence[Sequence[int]],
+    run: Iterable[int],
+    adapter: str | None,
+    *,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[int, Sample]:
+    """Run batches ``run`` (indices into ``batches``) of a :func:`plan_batches` plan; returns
+    {job index: sample}. Batch b is seeded from (seed, b), so its samples do not depend on
+    which other batches this call runs."""
+    exact = temperature == 1.0 and top_p == 1.0
+    config = _generation_config(policy, max_new_tokens, temperature, top_p, exact)
+    eos = set(policy.eos_token_ids)
+    results: dict[int, Sample] = {}
+    todo = list(run)
+    cuda = [policy.device] if policy.device.type == "cuda" else []
+    name = adapter or "reference"
+    with _progress(progress) as bar, policy.using(adapter) as model, torch.no_grad():
+        task = bar.add_task(f"generate ({name})", total=sum(len(batches[b]) for b in todo))
+        for b in todo:
+            idx = batches[b]
+            ids, mask = _left_pad([jobs[k][1] for k in idx], policy.pad_token_id)
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(batch_seed(seed, b))
+                out = model.generate(  # type: ignore[operator]
+                    input_ids=ids.to(policy.device),
+                    attention_mask=mask.to(policy.device),
+                    generation_config=config,
+                )
+            new = out.sequences[:, ids.shape[1] :]
+            token_lp = _token_logprobs(out.logits, new) if exact else None
+            for j, k in enumerate(idx):
+                response = _cut_at_eos(new[j].tolist(), eos)
+                logprob = None if token_lp is None else float(token_lp[j, : len(response)].sum())
+                results[k] = Sample.decoded(policy.tokenizer, *jobs[k], response, logprob)
+            bar.advance(task, len(idx))
+    return results
+
+
 def generate(
     policy: LMPolicy,
     prompts_ids: Sequence[Sequence[int]],
@@ -120,43 +200,12 @@ def generate(
     `temperature <= 0` means greedy decoding. `logprob` is filled only at temperature 1 and
     top-p 1, where the sampling distribution is the policy itself.
     """
-    if any(len(p) == 0 for p in prompts_ids):
-        raise ValueError("every prompt needs at least one token")
-    jobs = [(i, list(p)) for i, p in enumerate(prompts_ids) for _ in range(n_per_prompt)]
-    order = sorted(range(len(jobs)), key=lambda k: len(jobs[k][1]))
-    exact = temperature == 1.0 and top_p == 1.0
-    config = _generation_config(policy, max_new_tokens, temperature, top_p, exact)
-    eos = set(policy.eos_token_ids)
-    results: list[Sample | None] = [None] * len(jobs)
-    step = max(1, batch_size)
-    cuda = [policy.device] if policy.device.type == "cuda" else []
-    name = adapter or "reference"
-    with _progress(progress) as bar, policy.using(adapter) as model, torch.no_grad():
-        task = bar.add_task(f"generate ({name})", total=len(jobs))
-        for b, start in enumerate(range(0, len(order), step)):
-            idx = order[start : start + step]
-            ids, mask = _left_pad([jobs[k][1] for k in idx], policy.pad_token_id)
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(batch_seed(seed, b))
-                out = model.generate(  # type: ignore[operator]
-                    input_ids=ids.to(policy.device),
-                    attention_mask=mask.to(policy.device),
-                    generation_config=config,
-                )
-            new = out.sequences[:, ids.shape[1] :]
-            token_lp = _token_logprobs(out.logits, new) if exact else None
-            for j, k in enumerate(idx):
-                response = _cut_at_eos(new[j].tolist(), eos)
-                logprob = None if token_lp is None else float(token_lp[j, : len(response)].sum())
-                results[k] = Sample(
-                    prompt_index=jobs[k][0],
-                    prompt_ids=jobs[k][1],
-                    response_ids=response,
-                    text=policy.tokenizer.decode(response, skip_special_tokens=True),
-                    logprob=logprob,
-                )
-            bar.advance(task, len(idx))
-    return [s for s in results if s is not None]
+    jobs, batches = plan_batches(prompts_ids, n_per_prompt, batch_size)
+    results = generate_batches(
+        policy, jobs, batches, range(len(batches)), adapter, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, seed=seed, progress=progress,
+    )
+    return [results[k] for k in range(len(jobs))]
 
 
 def _token_logprobs(logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:

@@ -14,38 +14,36 @@ Why a server: a serving engine batches and pages the KV cache far better than HF
 - ``Sample.logprob`` stays None: the trainer's own forward pass computes the log-probs its
   losses use (the server's numerics, e.g. bf16 kernels, are not the trainer's).
 
-Standard library only (urllib), like the ``openai`` judge. The API key is read from the
-environment at request time; it is never stored, logged or put in an error message.
+HTTP (retries, backoff, timeouts, the API key) is :mod:`nlhf.http_client`'s, shared with the
+``openai`` judge: the key is read from the environment at request time; it is never stored,
+logged or put in an error message.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Literal
 
 from nlhf.errors import NLHFInputError
-from nlhf.rollout.base import Generator, finish_response, request_seed
-from nlhf.rollout.hf import Sample, _progress
+from nlhf.http_client import JSONClient, Reply, require_http_url
+from nlhf.rollout.base import (
+    NEUTRAL_SAMPLING,
+    Generator,
+    eos_ids,
+    finish_response,
+    lora_folder,
+    request_seed,
+)
+from nlhf.rollout.hf import Sample, _progress, prompt_lists
 
 _NOT_LOADED = ("not found", "cannot be found", "does not exist")
 
 
 class GeneratorUnavailableError(NLHFInputError):
     """The generation server did not answer after every retry (down, overloaded, timing out)."""
-
-
-class _Retryable(Exception):
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
 
 
 class OpenAIServerGenerator(Generator):
@@ -72,9 +70,8 @@ class OpenAIServerGenerator(Generator):
         max_backoff: float = 30.0,
     ) -> None:
         for key, url in (("base_url", base_url), ("adapter_url", adapter_url)):
-            if url is not None and not str(url).startswith(("http://", "https://")):
-                raise NLHFInputError(f"rollout.server.{key}: must start with http:// or "
-                                     f"https://, got {url!r}")
+            if url is not None:
+                require_http_url(url, f"rollout.server.{key}")
         if not model:
             raise NLHFInputError("rollout.server.model: required: the base model's name on the "
                                  "server (GET /v1/models lists it)")
@@ -89,74 +86,33 @@ class OpenAIServerGenerator(Generator):
         self.unload_url = adapters + "/unload_lora_adapter"
         self.model = str(model)
         self.tokenizer = tokenizer
-        eos = list(eos_token_ids) if eos_token_ids else [tokenizer.eos_token_id]
-        self.eos_token_ids = [int(e) for e in eos if e is not None]
-        if not self.eos_token_ids:
-            raise NLHFInputError("tokenizer: no EOS token id; the server could not stop")
+        self.eos_token_ids = eos_ids(eos_token_ids, tokenizer)
         self.api_key_env = api_key_env
-        self.timeout = float(timeout)
-        self.max_retries = max(0, int(max_retries))
+        self.http = JSONClient(
+            api_key_env=api_key_env, timeout=timeout, max_retries=max_retries, backoff=backoff,
+            max_backoff=max_backoff, unavailable=GeneratorUnavailableError,
+            message="rollout.server: {url} is unreachable after {attempts} attempts ({reason}); "
+                    "start the server (see docs/rollout.md) or set rollout.backend: hf")
         self.concurrency = max(1, int(concurrency))
         self.prompt_format = prompt_format
         self.token_ids = bool(token_ids)
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.requests = 0  # HTTP requests sent, retries included
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent, retries included."""
+        return self.http.requests
 
-    def _send(self, url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
-        """One POST: (status, body) for 2xx and 4xx; _Retryable for transient failures."""
-        req = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers=self._headers(), method="POST")
-        self.requests += 1
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return int(resp.status), resp.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 429 or exc.code >= 500:
-                raise _Retryable(f"HTTP {exc.code}", _retry_after(exc.headers)) from None
-            return int(exc.code), exc.read()
-        except urllib.error.URLError as exc:
-            raise _Retryable(str(exc.reason)) from None
-        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from None
-
-    def _post(self, url: str, payload: dict[str, Any]) -> tuple[int, bytes]:
-        """POST with exponential backoff on connection errors, timeouts, 429 and 5xx."""
-        attempts = self.max_retries + 1
-        reason = ""
-        for attempt in range(attempts):
-            try:
-                return self._send(url, payload)
-            except _Retryable as exc:
-                reason = " ".join(str(exc).split())
-                if attempt + 1 < attempts:
-                    delay = self.backoff * 2**attempt
-                    if exc.retry_after is not None:
-                        delay = max(delay, exc.retry_after)
-                    time.sleep(min(delay, self.max_backoff))
-        raise GeneratorUnavailableError(
-            f"rollout.server: {url} is unreachable after {attempts} attempts ({reason}); "
-            "start the server (see docs/rollout.md) or set rollout.backend: hf"
-        )
-
-    def _fail(self, what: str, status: int, body: bytes) -> NLHFInputError:
-        detail = " ".join(body[:300].decode("utf-8", "replace").split())
-        hint = ""
+    def _fail(self, what: str, reply: Reply) -> NLHFInputError:
+        status, hint = reply.status, ""
         if status in (401, 403):
             hint = f"; set ${self.api_key_env} to the server's API key"
         elif status == 404:
             hint = ("; is the model name right and the server started with --enable-lora "
                     "(and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)?")
-        return NLHFInputError(f"rollout.server: {what} failed (HTTP {status}): {detail}{hint}")
+        return NLHFInputError(f"rollout.server: {what} failed (HTTP {status}): "
+                              f"{reply.detail()}{hint}")
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -166,22 +122,20 @@ class OpenAIServerGenerator(Generator):
         The server reads the folder itself, so it must see the same path (same machine or a
         shared mount); the path is sent absolute.
         """
-        path = Path(directory).resolve()
-        if not (path / "adapter_config.json").is_file():
-            raise NLHFInputError(f"adapter: {path} holds no LoRA adapter (adapter_config.json)")
+        path = lora_folder(directory)
         self.unload_adapter(name)
-        status, body = self._post(self.load_url, {"lora_name": name, "lora_path": str(path)})
-        if status >= 400:
-            raise self._fail(f"loading adapter {name!r} from {path}", status, body)
+        reply = self.http.post(self.load_url, {"lora_name": name, "lora_path": str(path)})
+        if reply.status >= 400:
+            raise self._fail(f"loading adapter {name!r} from {path}", reply)
 
     def unload_adapter(self, name: str) -> None:
         """Drop adapter ``name``; an adapter the server does not hold is not an error."""
-        status, body = self._post(self.unload_url, {"lora_name": name})
-        if status == 404 or (status == 400 and any(
-                s in body.decode("utf-8", "replace").lower() for s in _NOT_LOADED)):
+        reply = self.http.post(self.unload_url, {"lora_name": name})
+        if reply.status == 404 or (reply.status == 400 and any(
+                s in reply.body.decode("utf-8", "replace").lower() for s in _NOT_LOADED)):
             return
-        if status >= 400:
-            raise self._fail(f"unloading adapter {name!r}", status, body)
+        if reply.status >= 400:
+            raise self._fail(f"unloading adapter {name!r}", reply)
 
     # -- sampling -------------------------------------------------------------------------
 
@@ -199,8 +153,7 @@ class OpenAIServerGenerator(Generator):
         }
         if self.token_ids:  # vLLM / SGLang extensions: exact ids, exact sampler, HF's EOS set
             body |= {"return_token_ids": True, "logprobs": 0, "return_tokens_as_token_ids": True,
-                     "stop_token_ids": self.eos_token_ids, "top_k": -1, "min_p": 0.0,
-                     "repetition_penalty": 1.0}
+                     "stop_token_ids": self.eos_token_ids, **NEUTRAL_SAMPLING}
             if self.prompt_format == "text":
                 body["add_special_tokens"] = False
         return body
@@ -229,11 +182,11 @@ class OpenAIServerGenerator(Generator):
                   ) -> list[Sample]:
         body = self.payload(prompt_ids, adapter, n=n, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, seed=request_seed(seed, index))
-        status, raw = self._post(self.completions_url, body)
-        if status >= 400:
-            raise self._fail(f"completion with model {body['model']!r}", status, raw)
+        reply = self.http.post(self.completions_url, body)
+        if reply.status >= 400:
+            raise self._fail(f"completion with model {body['model']!r}", reply)
         try:
-            choices = json.loads(raw)["choices"]
+            choices = json.loads(reply.body)["choices"]
         except (ValueError, KeyError, TypeError):
             raise NLHFInputError(f"rollout.server: {self.completions_url} answered without "
                                  "'choices'; is it an OpenAI-compatible completions API?"
@@ -243,14 +196,9 @@ class OpenAIServerGenerator(Generator):
             raise NLHFInputError(f"rollout.server: asked n={n} completions, got {got}; the "
                                  "server must support 'n'")
         choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
-        out = []
-        for choice in choices:
-            response = self.response_ids(choice, max_new_tokens)
-            out.append(Sample(
-                prompt_index=index, prompt_ids=prompt_ids, response_ids=response,
-                text=self.tokenizer.decode(response, skip_special_tokens=True), logprob=None,
-            ))
-        return out
+        return [Sample.decoded(self.tokenizer, index, prompt_ids,
+                               self.response_ids(choice, max_new_tokens))
+                for choice in choices]
 
     def generate(
         self,
@@ -265,9 +213,7 @@ class OpenAIServerGenerator(Generator):
         progress: bool = True,
     ) -> list[Sample]:
         """One request per prompt (``n`` samples each), ``concurrency`` of them in flight."""
-        if any(len(p) == 0 for p in prompts_ids):
-            raise ValueError("every prompt needs at least one token")
-        prompts = [list(p) for p in prompts_ids]
+        prompts = prompt_lists(prompts_ids)
         groups: list[list[Sample]] = [[] for _ in prompts]
         if not prompts:
             return []
@@ -301,10 +247,3 @@ def _ids_from_logprobs(logprobs: Any) -> list[int] | None:
             return None
         ids.append(int(tail))
     return ids
-
-
-def _retry_after(headers: Any) -> float | None:
-    try:
-        return float(headers.get("Retry-After")) if headers else None
-    except (TypeError, ValueError):
-        return None

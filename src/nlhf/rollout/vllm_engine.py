@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.errors import NLHFInputError
-from nlhf.rollout.base import Generator, finish_response, request_seed
-from nlhf.rollout.hf import Sample
+from nlhf.rollout.base import (
+    NEUTRAL_SAMPLING,
+    Generator,
+    eos_ids,
+    finish_response,
+    lora_folder,
+    request_seed,
+)
+from nlhf.rollout.hf import Sample, prompt_lists
 
 MISSING = "rollout.backend: vllm is not installed (GPU only: pip install vllm); use backend: hf"
 
@@ -61,8 +68,7 @@ class VLLMGenerator(Generator):
         except ImportError as exc:  # present but broken (no CUDA build, version clash)
             raise NLHFInputError(f"{MISSING} (import failed: {exc})") from None
         self.tokenizer = tokenizer
-        eos = list(eos_token_ids) if eos_token_ids else [tokenizer.eos_token_id]
-        self.eos_token_ids = [int(e) for e in eos if e is not None]
+        self.eos_token_ids = eos_ids(eos_token_ids, tokenizer)
         kwargs: dict[str, Any] = {"max_model_len": max_model_len} if max_model_len else {}
         self.llm = LLM(model=model, enable_lora=True, max_lora_rank=lora_rank_slot(max_lora_rank),
                        max_loras=2, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
@@ -73,9 +79,7 @@ class VLLMGenerator(Generator):
     def load_adapter(self, name: str, directory: str | Path) -> None:
         from vllm.lora.request import LoRARequest
 
-        path = Path(directory).resolve()
-        if not (path / "adapter_config.json").is_file():
-            raise NLHFInputError(f"adapter: {path} holds no LoRA adapter (adapter_config.json)")
+        path = lora_folder(directory)
         self._adapters[name] = LoRARequest(name, self._next_id, str(path))
         self._next_id += 1
 
@@ -99,18 +103,15 @@ class VLLMGenerator(Generator):
     ) -> list[Sample]:
         from vllm import SamplingParams
 
-        if any(len(p) == 0 for p in prompts_ids):
-            raise ValueError("every prompt needs at least one token")
+        prompts = prompt_lists(prompts_ids)
         lora = None
         if adapter is not None:
             if adapter not in self._adapters:
                 raise ValueError(f"adapter {adapter!r} was not loaded; call load_adapter first")
             lora = self._adapters[adapter]
-        prompts = [list(p) for p in prompts_ids]
         params = [SamplingParams(n=n_per_prompt, temperature=temperature, top_p=top_p,
-                                 top_k=-1, min_p=0.0, repetition_penalty=1.0,
                                  max_tokens=max_new_tokens, seed=request_seed(seed, i),
-                                 stop_token_ids=self.eos_token_ids)
+                                 stop_token_ids=self.eos_token_ids, **NEUTRAL_SAMPLING)
                   for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
                                     lora_request=lora, use_tqdm=progress)
@@ -121,10 +122,7 @@ class VLLMGenerator(Generator):
                                       stop_reason=comp.stop_reason,
                                       eos_token_ids=self.eos_token_ids,
                                       max_new_tokens=max_new_tokens)
-                samples.append(Sample(
-                    prompt_index=i, prompt_ids=prompts[i], response_ids=ids,
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True), logprob=None,
-                ))
+                samples.append(Sample.decoded(self.tokenizer, i, prompts[i], ids))
         return samples
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from nlhf.trainer.data import Comparison, RoundData, Source, phase_seed
+from nlhf.trainer.dist import SINGLE, Dist
 
 if TYPE_CHECKING:
     from nlhf.config import TrainConfig
@@ -29,7 +30,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class RoundContext:
-    """Everything one round's phases need; ``checkpoint(key)`` marks a resumable point."""
+    """Everything one round's phases need; ``checkpoint(key)`` marks a resumable point.
+
+    Under several processes ``store`` is a :class:`~nlhf.trainer.dist.RankZeroStore` and
+    only rank 0 (``dist.is_main``) writes files.
+    """
 
     policy: LMPolicy
     cfg: TrainConfig
@@ -38,6 +43,7 @@ class RoundContext:
     run: RunDir
     progress: bool
     checkpoint: Callable[[str], None]
+    dist: Dist = SINGLE
 
     def key(self, name: str) -> str:
         return f"it{self.iteration}/{name}"
@@ -74,7 +80,8 @@ class RoundContext:
 
         def run_and_save() -> dict[str, Any]:
             payload = body()
-            self.policy.save_adapter(adapter, target)
+            if self.dist.is_main:
+                self.policy.save_adapter(adapter, target)
             return payload
 
         return self.phase(name, run_and_save)

@@ -97,7 +97,8 @@ class PairwiseRound(LLMAlgorithm):
 
             return fit(ctx.policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
                        ctx.seed("train"), progress=ctx.progress,
-                       desc=f"{self.name} (iter {ctx.iteration})", on_step=ctx.on_step("train"))
+                       desc=f"{self.name} (iter {ctx.iteration})", on_step=ctx.on_step("train"),
+                       dist=ctx.dist)
 
         return phase_metrics("train", ctx.train_phase("train", "policy", body))
 
@@ -202,6 +203,7 @@ class SPPO(LLMAlgorithm):
 
             return fit(ctx.policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
                        ctx.seed("train"), progress=ctx.progress,
-                       desc=f"sppo (iter {ctx.iteration})", on_step=ctx.on_step("train"))
+                       desc=f"sppo (iter {ctx.iteration})", on_step=ctx.on_step("train"),
+                       dist=ctx.dist)
 
         return phase_metrics("train", ctx.train_phase("train", "policy", body))

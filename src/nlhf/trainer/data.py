@@ -22,11 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nlhf.errors import NLHFInputError
 from nlhf.rollout.base import Generator, HFGenerator
+from nlhf.trainer.dist import SINGLE, Dist, sharded_logprobs
 
 if TYPE_CHECKING:
     from nlhf.config import TrainConfig
     from nlhf.judges import CachedJudge
     from nlhf.policies.lm import LMPolicy
+    from nlhf.rollout.hf import Sample
     from nlhf.store import RunStore
     from nlhf.trainer.rundir import RunDir
 
@@ -167,12 +169,13 @@ def serving(generator: Generator, policy: LMPolicy, run: RunDir | None, iteratio
 def run_generation(policy: LMPolicy, cfg: TrainConfig, iteration: int,
                    prompts: Sequence[tuple[int, str]], prompt_tokens: list[list[int]],
                    sources: Sequence[Source], store: RunStore, progress: bool,
-                   generator: Generator | None = None, run: RunDir | None = None
-                   ) -> dict[str, Any]:
+                   generator: Generator | None = None, run: RunDir | None = None,
+                   dist: Dist = SINGLE) -> dict[str, Any]:
     """Sample every source once and store all rows in one transaction.
 
     ``generator`` (default: HF on ``policy``) is the ``rollout.backend``; backends without
-    exact log-probs leave ``logprob`` None, which :func:`missing_logprobs` recomputes.
+    exact log-probs leave ``logprob`` None, which :func:`missing_logprobs` recomputes. Under
+    several processes every rank gets every sample (see :func:`sample_source`).
     """
     r = cfg.rollout
     gen = generator if generator is not None else HFGenerator(policy, batch_size=r.batch_size)
@@ -180,13 +183,8 @@ def run_generation(policy: LMPolicy, cfg: TrainConfig, iteration: int,
     n_tokens = 0
     for src in sources:
         n = sum(k for _, k in src.roles)
-        with serving(gen, policy, run, iteration, ADAPTER_OF[src.model]) as adapter:
-            samples = gen.generate(
-                prompt_tokens, adapter, n_per_prompt=n,
-                max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                seed=phase_seed(cfg.seed, iteration, f"generate/{src.model}"),
-                progress=progress,
-            )
+        samples = sample_source(gen, policy, cfg, iteration, src, prompt_tokens, progress,
+                                run, dist)
         for pos, (pid, _) in enumerate(prompts):
             group = samples[pos * n:(pos + 1) * n]
             offset = 0
@@ -200,6 +198,36 @@ def run_generation(policy: LMPolicy, cfg: TrainConfig, iteration: int,
                 offset += k
     store.put_generations(rows)
     return {"samples": len(rows), "tokens": n_tokens}
+
+
+def sample_source(gen: Generator, policy: LMPolicy, cfg: TrainConfig, iteration: int,
+                  src: Source, prompt_tokens: list[list[int]], progress: bool,
+                  run: RunDir | None, dist: Dist = SINGLE) -> list[Sample]:
+    """One source's samples, grouped by prompt, identical on every rank and for any number
+    of ranks: the hf backend splits its batches across ranks (same batches, same seeds);
+    a server or engine is driven by rank 0 alone (it batches across its own GPUs)."""
+    r = cfg.rollout
+    kwargs: dict[str, Any] = {
+        "n_per_prompt": sum(k for _, k in src.roles), "max_new_tokens": r.max_new_tokens,
+        "temperature": r.temperature, "top_p": r.top_p, "progress": progress,
+        "seed": phase_seed(cfg.seed, iteration, f"generate/{src.model}"),
+    }
+    adapter = ADAPTER_OF[src.model]
+    if dist.world > 1 and r.backend == "hf":
+        if not isinstance(gen, HFGenerator):
+            raise TypeError("rollout.backend hf: expected an HFGenerator")
+        mine = gen.generate_shard(prompt_tokens, adapter, dist.rank, dist.world, **kwargs)
+        dist.trace("generate", source=src.model, samples=len(mine))
+        every = dict(dist.gather(list(mine.items())))
+        return [every[k] for k in range(len(every))]
+
+    def served() -> list[Sample]:
+        with serving(gen, policy, run, iteration, adapter) as name:
+            return gen.generate(prompt_tokens, name, **kwargs)
+
+    if dist.world > 1:
+        return dist.broadcast(served() if dist.is_main else [])
+    return served()
 
 
 def load_round(store: RunStore, iteration: int, prompts: Sequence[tuple[int, str]],
@@ -243,8 +271,9 @@ def missing_logprobs(data: RoundData, needs: Sequence[tuple[str, str]]) -> list[
 
 
 def run_logprobs(policy: LMPolicy, data: RoundData, todo: Sequence[tuple[str, str]],
-                 batch_size: int, progress: bool) -> dict[str, list[float]]:
-    """One no-grad forward pass per missing (role, model); returns {"role/model": values}."""
+                 batch_size: int, progress: bool, dist: Dist = SINGLE) -> dict[str, list[float]]:
+    """One no-grad forward pass per missing (role, model); returns {"role/model": values}.
+    Under several processes the batches are split across ranks and every rank gets all."""
     out: dict[str, list[float]] = {}
     chunk = max(1, batch_size) * 8
     total = sum(len(data.roles[role]) for role, _ in todo)
@@ -256,8 +285,8 @@ def run_logprobs(policy: LMPolicy, data: RoundData, todo: Sequence[tuple[str, st
             for start in range(0, n, chunk):
                 idx = range(start, min(n, start + chunk))
                 p_ids, r_ids = data.seqs(role, idx)
-                lp = policy.sequence_logprobs(p_ids, r_ids, ADAPTER_OF[model],
-                                              batch_size=batch_size)
+                lp = sharded_logprobs(policy, dist, p_ids, r_ids, ADAPTER_OF[model],
+                                      batch_size)
                 values += [float(v) for v in lp.detach().cpu()]
                 pb.advance(task, len(idx))
             out[f"{role}/{model}"] = values

@@ -33,6 +33,7 @@ from nlhf.losses import denpo_step_b_loss, enpo_step_a_loss, step_b_soft_label
 from nlhf.policies.lm import LMPolicy
 from nlhf.trainer.base import LLMAlgorithm, RoundContext, phase_metrics
 from nlhf.trainer.data import Comparison, RoundData, Source
+from nlhf.trainer.dist import sharded_logprobs
 from nlhf.trainer.fit import fit
 
 
@@ -110,7 +111,8 @@ def step_a(policy: LMPolicy, data: RoundData, score_y: np.ndarray, score_y2: np.
     n_fresh = len(fresh_of_prompt) if h.alpha > 0 else 0
     return fit(policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
                ctx.seed("step_a"), n_extra=n_fresh, progress=ctx.progress,
-               desc=f"step A (iter {ctx.iteration})", on_step=ctx.on_step("step_a"))
+               desc=f"step A (iter {ctx.iteration})", on_step=ctx.on_step("step_a"),
+               dist=ctx.dist)
 
 
 def rank_pairs(scores: np.ndarray, per_prompt: int, s: float) -> tuple[list[int], list[int]]:
@@ -137,8 +139,8 @@ def step_b(policy: LMPolicy, data: RoundData, ctx: RoundContext) -> dict[str, An
     p_ids, r_ids = data.seqs("comparator", cand)
     start = time.perf_counter()
     with torch.no_grad():
-        new = policy.sequence_logprobs(p_ids, r_ids, "policy",
-                                       batch_size=ctx.cfg.rollout.batch_size)
+        new = sharded_logprobs(policy, ctx.dist, p_ids, r_ids, "policy",
+                               ctx.cfg.rollout.batch_size)
     scoring = time.perf_counter() - start
     old = data.logp("comparator", "pi_t", cand)
     r = (new.detach() - old).double().cpu().numpy()
@@ -161,7 +163,7 @@ def step_b(policy: LMPolicy, data: RoundData, ctx: RoundContext) -> dict[str, An
 
     stats = fit(policy, "adversary", len(win), loss_fn, ctx.cfg.train, ctx.seed("step_b"),
                 progress=ctx.progress, desc=f"step B (iter {ctx.iteration})",
-                on_step=ctx.on_step("step_b"))
+                on_step=ctx.on_step("step_b"), dist=ctx.dist)
     gap = (h.s * (r_w - r_l)).numpy()
     return {**stats, "pairs": len(win), "policy_logratio": float(r.mean()),
             "score_gap": float(gap.mean()) if len(gap) else 0.0, "seconds_scoring": scoring}

@@ -16,6 +16,7 @@ import torch
 
 from nlhf.policies.loading import set_seed
 from nlhf.trainer.data import bar
+from nlhf.trainer.dist import SINGLE, Dist, trained_module
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,7 +31,7 @@ LossFn = Callable[[list[int], list[int]], torch.Tensor]
 @contextmanager
 def training_mode(policy: LMPolicy, adapter: str) -> Iterator[None]:
     """Dropout on (if configured) while an adapter trains; back to eval afterwards."""
-    module: nn.Module = policy.copies[adapter] if policy.finetune == "full" else policy.model
+    module: nn.Module = trained_module(policy, adapter)
     module.train()
     try:
         yield
@@ -50,11 +51,16 @@ def fit(
     progress: bool = False,
     desc: str = "train",
     on_step: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> dict[str, float]:
     """Minimise ``loss_fn`` over minibatches of ``opt.batch_size`` items for ``opt.epochs``.
 
     ``n_extra`` side items (e.g. ENPO's proximal samples) are shuffled separately and spread
     evenly over the same minibatches. Returns loss statistics of the phase.
+
+    ``opt.batch_size`` is the global minibatch: under several processes every rank draws the
+    same minibatches and forwards its share of their rows (:mod:`nlhf.trainer.dist`), so the
+    steps are those of one process.
     """
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -66,18 +72,19 @@ def fit(
     n_batches = -(-n_items // bs)
     losses: list[float] = []
     norms: list[float] = []
-    with bar(progress) as pb, training_mode(policy, adapter):
+    with (bar(progress) as pb, training_mode(policy, adapter),
+          dist.data_parallel(policy, adapter, optimizer) as stepper):
         task = pb.add_task(desc, total=n_batches * opt.epochs)
         for _ in range(opt.epochs):
             order = torch.randperm(n_items, generator=gen).tolist()
             extra = torch.randperm(n_extra, generator=gen).tolist() if n_extra else []
             extra_parts = np.array_split(np.asarray(extra, dtype=np.int64), n_batches)
             for b in range(n_batches):
-                optimizer.zero_grad(set_to_none=True)
+                stepper.zero_grad(set_to_none=True)
                 loss = loss_fn(order[b * bs:(b + 1) * bs], [int(i) for i in extra_parts[b]])
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
-                optimizer.step()
+                dist.backward(loss)
+                norm = dist.clip_grad_norm(params, opt.max_grad_norm)
+                stepper.step()
                 losses.append(float(loss.detach()))
                 norms.append(float(norm))
                 pb.advance(task)

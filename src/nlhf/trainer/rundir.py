@@ -32,9 +32,7 @@ iterates. :func:`policy_iterates` lists them (from ``state.json``: completed rou
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from nlhf.atomic import write_json_atomic, write_text_atomic
 from nlhf.errors import NLHFInputError
 
 CONFIG = "config.yaml"
@@ -77,21 +76,6 @@ class RunDir:
         return self.root / "adapters" / f"iter_{iteration}" / name
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temp file + fsync + rename: readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def run_lock(run: RunDir) -> Iterator[None]:
     """Hold ``<run_dir>/.lock`` so two trainers never write one run; the OS frees it on kill."""
@@ -118,8 +102,9 @@ def run_lock(run: RunDir) -> Iterator[None]:
 def remove_partial_writes(run: RunDir) -> list[Path]:
     """Delete the temp files and folders that a killed atomic write left behind.
 
-    Only our writers' hidden names match: ``.<name>.tmp-*`` / ``.<name>.old-*`` folders of
-    ``atomic_directory`` and ``.<name>.*.tmp`` files of :func:`write_text_atomic`.
+    Only our writers' hidden names match (see :mod:`nlhf.atomic`): ``.<name>.tmp-*`` /
+    ``.<name>.old-*`` folders of ``atomic_directory`` and ``.<name>.*.tmp`` files of
+    :func:`write_text_atomic`.
     """
     removed = []
     for folder in [run.root, *sorted(run.root.glob("adapters/iter_*"))]:
@@ -145,7 +130,7 @@ def write_metrics(run: RunDir, rows: Iterable[tuple[int, str, float]]) -> None:
 
 
 def write_state(run: RunDir, payload: Mapping[str, Any]) -> None:
-    write_text_atomic(run.state, json.dumps(dict(payload), indent=2) + "\n")
+    write_json_atomic(run.state, dict(payload), indent=2)
 
 
 def read_state(run_dir: str | Path) -> dict[str, Any]:
