@@ -101,7 +101,9 @@ def test_elliptical_oracle_keeps_the_exact_inverse():
     chosen = oracle.choose(probs, ctx)
     for b in range(2):
         inv = np.linalg.inv(cov[b])
-        bonus = [(np.eye(K)[a] - probs[b, 0]) @ inv @ (np.eye(K)[a] - probs[b, 0]) for a in range(K)]
+        bonus = [
+            (np.eye(K)[a] - probs[b, 0]) @ inv @ (np.eye(K)[a] - probs[b, 0]) for a in range(K)
+        ]
         assert chosen[b] == int(np.argmax(bonus))
 
 

@@ -35,8 +35,12 @@ def test_gap_matches_brute_force_best_response(tau):
     game = gbpm(6, contexts=1, tau=tau, seed=3)
     P, ref = game.P[0], game.ref[0]
     pi = np.random.default_rng(0).dirichlet(np.ones(6))
-    best = minimize(lambda z: _payoff(P, ref, tau, pi, softmax(z)), np.zeros(6), method="BFGS",
-                    options={"gtol": 1e-12})
+    best = minimize(
+        lambda z: _payoff(P, ref, tau, pi, softmax(z)),
+        np.zeros(6),
+        method="BFGS",
+        options={"gtol": 1e-12},
+    )
     assert gap(game, pi[None]) == pytest.approx(0.5 - best.fun, abs=1e-8)
 
 
@@ -47,7 +51,9 @@ def test_solver_reaches_fixed_point_with_zero_gap(make, tau):
     pi = solve_nash(game.P, game.ref, game.tau)
     assert fixed_point_residual(game.P, game.ref, game.tau, pi).max() <= 1e-10
     assert abs(gap(game, pi)) < 1e-9
-    others = np.random.default_rng(1).dirichlet(np.ones(game.n_responses), size=(5, game.n_contexts))
+    others = np.random.default_rng(1).dirichlet(
+        np.ones(game.n_responses), size=(5, game.n_contexts)
+    )
     assert all(gap(game, p) > 0 for p in others)
 
 

@@ -54,8 +54,9 @@ def test_inpo_minimiser_is_the_omd_step(seed):
 
     def objective(theta, a, b, weight, ref_t, old_t):
         lp = torch.log_softmax(theta[0], -1)
-        return losses.inpo_loss(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], ETA, TAU,
-                                weight)
+        return losses.inpo_loss(
+            lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], ETA, TAU, weight
+        )
 
     fitted = _fit(objective, old, a, b, weight, ref_t, old_t)
     expected = omd_step(old[None], np.log(ref)[None], P[None], TAU, ETA)[0]
@@ -76,8 +77,20 @@ def test_enpo_step_a_minimiser_is_the_omd_step_for_any_pair_distribution(alpha):
 
     def objective(theta, a, b, weight, score, ref_t, old_t):
         lp = torch.log_softmax(theta[0], -1)
-        return losses.enpo_step_a_loss(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b],
-                                       score[a], score[b], ETA, TAU, alpha=alpha, weight=weight)
+        return losses.enpo_step_a_loss(
+            lp[a],
+            lp[b],
+            ref_t[a],
+            ref_t[b],
+            old_t[a],
+            old_t[b],
+            score[a],
+            score[b],
+            ETA,
+            TAU,
+            alpha=alpha,
+            weight=weight,
+        )
 
     fitted = _fit(objective, old, a, b, weight, score, ref_t, old_t)
     expected = omd_step(old[None], np.log(ref)[None], P[None], TAU, ETA)[0]
@@ -88,8 +101,20 @@ def test_enpo_proximal_term_is_minus_alpha_mean_logp():
     x = torch.tensor([-1.0, -2.0])
     zeros = torch.zeros(2)
     base = losses.enpo_step_a_loss(x, zeros, zeros, zeros, zeros, zeros, zeros, zeros, ETA, TAU)
-    with_prox = losses.enpo_step_a_loss(x, zeros, zeros, zeros, zeros, zeros, zeros, zeros, ETA,
-                                        TAU, alpha=0.3, logp_fresh=torch.tensor([-4.0, -2.0]))
+    with_prox = losses.enpo_step_a_loss(
+        x,
+        zeros,
+        zeros,
+        zeros,
+        zeros,
+        zeros,
+        zeros,
+        zeros,
+        ETA,
+        TAU,
+        alpha=0.3,
+        logp_fresh=torch.tensor([-4.0, -2.0]),
+    )
     assert float(with_prox - base) == pytest.approx(0.3 * 3.0)
 
 
@@ -127,8 +152,9 @@ def test_nash_md_minimiser_is_the_mirror_step_from_the_mixture():
 
     def objective(theta, a, b, weight, ref_t, old_t):
         lp = torch.log_softmax(theta[0], -1)
-        return losses.nash_md_loss(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], ETA, TAU,
-                                   weight)
+        return losses.nash_md_loss(
+            lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], ETA, TAU, weight
+        )
 
     fitted = _fit(objective, old, a, b, weight, ref_t, old_t)
     expected = log_softmax(mix + (P @ mu) / ETA)
@@ -176,8 +202,16 @@ def test_weights_equal_repetition():
     lw, ll = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -1.0])
     z = torch.zeros(2)
     weighted = losses.inpo_loss(lw, ll, z, z, z, z, ETA, TAU, torch.tensor([2.0, 1.0]))
-    repeated = losses.inpo_loss(lw[[0, 0, 1]], ll[[0, 0, 1]], z[:3].repeat(2)[:3],
-                                torch.zeros(3), torch.zeros(3), torch.zeros(3), ETA, TAU)
+    repeated = losses.inpo_loss(
+        lw[[0, 0, 1]],
+        ll[[0, 0, 1]],
+        z[:3].repeat(2)[:3],
+        torch.zeros(3),
+        torch.zeros(3),
+        torch.zeros(3),
+        ETA,
+        TAU,
+    )
     assert float(weighted) == pytest.approx(float(repeated))
 
 

@@ -14,8 +14,9 @@ from nlhf.games import fixed_point_residual, gbpm
 
 
 def nlhf(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "nlhf.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "nlhf.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_nash_on_a_game_file(tmp_path):
@@ -62,9 +63,24 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
 
 
 def test_simulate_writes_results_summary_and_plots(tmp_path):
-    out = nlhf("simulate", "--instance", "gbpm,cyclic", "--tau", "0.1", "--tau", "0.05",
-               "--algorithms", "inpo,enpo,sppo", "--T", "30", "--seeds", "2", "--out",
-               str(tmp_path), "--no-progress")
+    out = nlhf(
+        "simulate",
+        "--instance",
+        "gbpm,cyclic",
+        "--tau",
+        "0.1",
+        "--tau",
+        "0.05",
+        "--algorithms",
+        "inpo,enpo,sppo",
+        "--T",
+        "30",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads((tmp_path / "results.json").read_text())
     assert {"runs", "instance", "command"} <= set(doc)
