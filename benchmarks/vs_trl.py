@@ -60,7 +60,7 @@ class Settings:
     prompts: int = 16
     batch: int = 4
     max_new_tokens: int = 32
-    threads: int = 2
+    threads: int = 1
     lr: float = 5e-4
     beta: float = 0.05
     lora_r: int = 16
@@ -70,6 +70,9 @@ class Settings:
     #: glibc MALLOC_MMAP_THRESHOLD_ for every child (0: the allocator's default). A fixed
     #: threshold stops glibc from keeping freed activation buffers, see docs/performance.md.
     malloc_mmap_threshold: int = 0
+    #: Sequences per nlhf generate call (0: 2·batch, what TRL's generate call sees). TRL
+    #: cannot change it without changing its training batch; nlhf's rollout.batch_size can.
+    nlhf_gen_batch: int = 0
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -89,6 +92,8 @@ class Timers:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        #: CPU seconds of the whole process (all threads) while the call ran.
+        self.cpu: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._depth: dict[str, int] = defaultdict(int)
         #: Names of the timed calls now running, innermost last (for RSS attribution).
@@ -106,19 +111,24 @@ class Timers:
                 return original(*args, **kwargs)
             timers._depth[key] += 1
             timers.active.append(key)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 timers.active.pop()
                 timers._depth[key] -= 1
                 timers.seconds[key] += time.perf_counter() - start
+                timers.cpu[key] += time.process_time() - cpu
                 timers.calls[key] += 1
 
         setattr(owner, attr, timed)
 
     def report(self) -> dict[str, Any]:
-        return {"seconds": dict(self.seconds), "calls": dict(self.calls)}
+        return {
+            "seconds": dict(self.seconds),
+            "cpu_seconds": dict(self.cpu),
+            "calls": dict(self.calls),
+        }
 
 
 def common_timers() -> Timers:
@@ -165,6 +175,24 @@ class PhaseRss:
         self._done.set()
         self._thread.join()
         return {k: round(v, 1) for k, v in self.peak_mb.items()}
+
+
+PHASES = ("generate", "logprobs_nograd", "judge", "forward_grad", "backward", "optimizer")
+
+
+def cpu_phases(timers: Timers, round_cpu: float) -> dict[str, float]:
+    """The round's CPU seconds by the same call sites in both systems; "other" is the rest."""
+    c = timers.cpu
+    keys = dict(
+        zip(
+            PHASES,
+            ("hf_generate", "forward_nograd", "judge", "forward_grad", "backward", "optimizer"),
+            strict=True,
+        )
+    )
+    out = {phase: c.get(key, 0.0) for phase, key in keys.items()}
+    out["other"] = round_cpu - sum(out.values())
+    return out
 
 
 def self_maxrss_mb() -> float:
@@ -236,20 +264,34 @@ def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
         dataloader_num_workers=0,
         seed=s.seed,
     )
-    lora = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0, bias="none",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                      task_type="CAUSAL_LM")
-    trainer = OnlineDPOTrainer(model=model, reward_funcs=judge_reward, args=args,
-                               train_dataset=data, processing_class=tokenizer,
-                               peft_config=lora)
+    lora = LoraConfig(
+        r=s.lora_r,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        task_type="CAUSAL_LM",
+    )
+    trainer = OnlineDPOTrainer(
+        model=model,
+        reward_funcs=judge_reward,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
     timers.wrap(trainer, "_generate", "generate_phase")
-    timers.wrap(trainer, "_forward",
-                lambda *a, **k: "forward_grad" if torch.is_grad_enabled() else "forward_nograd")
+    timers.wrap(
+        trainer,
+        "_forward",
+        lambda *a, **k: "forward_grad" if torch.is_grad_enabled() else "forward_nograd",
+    )
     setup = time.perf_counter() - start
     rss_setup = self_maxrss_mb()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out = trainer.train()
     round_s = time.perf_counter() - t0
+    round_cpu = time.process_time() - cpu0
     total = time.perf_counter() - start
     sec = timers.seconds
     phases = {
@@ -262,12 +304,22 @@ def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
     }
     phases["other"] = round_s - sum(phases.values())
     return {
-        "system": "trl", "pairs": len(prompts), "round_seconds": round_s,
-        "setup_seconds": setup, "total_seconds": total, "phases": phases,
-        "timers": timers.report(), "judge_pairs": judge_calls[0],
-        "optimizer_steps": int(out.global_step), "train_loss": float(out.training_loss),
-        "rss_after_imports_mb": rss_imports, "rss_after_setup_mb": rss_setup,
-        "rss_self_peak_mb": self_maxrss_mb(), "rss_peak_by_phase_mb": rss.stop(),
+        "system": "trl",
+        "pairs": len(prompts),
+        "round_seconds": round_s,
+        "round_cpu_seconds": round_cpu,
+        "phases_cpu": cpu_phases(timers, round_cpu),
+        "setup_seconds": setup,
+        "total_seconds": total,
+        "phases": phases,
+        "timers": timers.report(),
+        "judge_pairs": judge_calls[0],
+        "optimizer_steps": int(out.global_step),
+        "train_loss": float(out.training_loss),
+        "rss_after_imports_mb": rss_imports,
+        "rss_after_setup_mb": rss_setup,
+        "rss_self_peak_mb": self_maxrss_mb(),
+        "rss_peak_by_phase_mb": rss.stop(),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -275,19 +327,46 @@ def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
 def nlhf_config(s: Settings, algorithm: str, run_dir: Path) -> dict[str, Any]:
     """The run config: demo-style DENPO hparams, everything else from ``s``."""
     return {
-        "run_dir": str(run_dir), "seed": s.seed, "iterations": 1, "algorithm": algorithm,
-        "model": {"name": s.model, "finetune": "lora",
-                  "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": 0.0,
-                           "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
-        "hparams": {"eta": 0.05, "tau": 0.01, "alpha": 0.001, "beta": s.beta, "s": 1.0,
-                    "n_comparators": 2, "step_b_candidates": 2, "pairs_per_prompt": 1},
-        "data": {"prompts": "builtin", "prompts_per_iteration": s.prompts,
-                 "heldout": s.heldout},
-        # One generate call sees 2·batch sequences, as TRL's (2 completions × batch prompts).
-        "rollout": {"max_new_tokens": s.max_new_tokens, "temperature": 1.0, "top_p": 1.0,
-                    "batch_size": 2 * s.batch},
-        "train": {"learning_rate": s.lr, "epochs": 1, "batch_size": s.batch,
-                  "max_grad_norm": 1.0, "weight_decay": 0.0},
+        "run_dir": str(run_dir),
+        "seed": s.seed,
+        "iterations": 1,
+        "algorithm": algorithm,
+        "model": {
+            "name": s.model,
+            "finetune": "lora",
+            "lora": {
+                "r": s.lora_r,
+                "alpha": s.lora_alpha,
+                "dropout": 0.0,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+            },
+        },
+        "hparams": {
+            "eta": 0.05,
+            "tau": 0.01,
+            "alpha": 0.001,
+            "beta": s.beta,
+            "s": 1.0,
+            "n_comparators": 2,
+            "step_b_candidates": 2,
+            "pairs_per_prompt": 1,
+        },
+        "data": {"prompts": "builtin", "prompts_per_iteration": s.prompts, "heldout": s.heldout},
+        # By default one generate call sees 2·batch sequences, as TRL's (2 completions ×
+        # batch prompts).
+        "rollout": {
+            "max_new_tokens": s.max_new_tokens,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "batch_size": s.nlhf_gen_batch or 2 * s.batch,
+        },
+        "train": {
+            "learning_rate": s.lr,
+            "epochs": 1,
+            "batch_size": s.batch,
+            "max_grad_norm": 1.0,
+            "weight_decay": 0.0,
+        },
         "judge": {"type": "criteria"},
     }
 
@@ -306,8 +385,7 @@ def used_prompts(run_dir: Path) -> list[str]:
         store.close()
 
 
-def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
-               ) -> dict[str, Any]:
+def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path) -> dict[str, Any]:
     """``nlhf.train.train`` for one iteration of ``algorithm``."""
     import torch
 
@@ -318,8 +396,11 @@ def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
 
     set_threads(s.threads)
     timers = common_timers()
-    timers.wrap(LMPolicy, "sequence_logprobs",
-                lambda *a, **k: "forward_grad" if k.get("grad") else "forward_nograd")
+    timers.wrap(
+        LMPolicy,
+        "sequence_logprobs",
+        lambda *a, **k: "forward_grad" if k.get("grad") else "forward_nograd",
+    )
     # The round's wall time: its phases plus reading/writing the store around them (private
     # names: without them the round time falls back to the trainer's time_iteration).
     for attr, key in (("_round", "round"), ("_finish_round", "finish_round")):
@@ -337,10 +418,14 @@ def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
     if sorted(got) != sorted(prompts):
         raise RuntimeError(f"{algorithm}: trained on other prompts than TRL was given")
     sec = timers.seconds
-    round_s = (sec["round"] + sec.get("finish_round", 0.0) if "round" in sec
-               else float(metrics["time_iteration"]))
-    train_s = sum(float(v) for k, v in metrics.items()
-                  if k in ("time_train", "time_step_a", "time_step_b"))
+    if "round" in sec:
+        round_s = sec["round"] + sec.get("finish_round", 0.0)
+        round_cpu = timers.cpu["round"] + timers.cpu.get("finish_round", 0.0)
+    else:
+        round_s = round_cpu = float(metrics["time_iteration"])
+    train_s = sum(
+        float(v) for k, v in metrics.items() if k in ("time_train", "time_step_a", "time_step_b")
+    )
     phases = {
         "generate": float(metrics["time_generate"]),
         # reference / pi_t passes and ENPO's Step B scoring pass
@@ -353,20 +438,36 @@ def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path
     phases["other"] = round_s - sum(phases.values())
     pairs = int(metrics["prompts"])  # pairs_per_prompt = 1
     return {
-        "system": algorithm, "pairs": pairs, "round_seconds": round_s,
-        "setup_seconds": total - round_s, "total_seconds": total, "phases": phases,
+        "system": algorithm,
+        "pairs": pairs,
+        "round_seconds": round_s,
+        "round_cpu_seconds": round_cpu,
+        "phases_cpu": cpu_phases(timers, round_cpu),
+        "setup_seconds": total - round_s,
+        "total_seconds": total,
+        "phases": phases,
         "trainer_times": {k: float(v) for k, v in metrics.items() if k.startswith("time_")},
-        "train_phase_seconds": train_s, "timers": timers.report(),
+        "train_phase_seconds": train_s,
+        "timers": timers.report(),
         "judge_pairs": int(metrics.get("judge_calls_total", 0)),
         "response_len": float(metrics.get("response_len", float("nan"))),
-        "rss_after_imports_mb": rss_imports, "rss_self_peak_mb": self_maxrss_mb(),
-        "rss_peak_by_phase_mb": rss.stop(), "torch_threads": torch.get_num_threads(),
+        "rss_after_imports_mb": rss_imports,
+        "rss_self_peak_mb": self_maxrss_mb(),
+        "rss_peak_by_phase_mb": rss.stop(),
+        "torch_threads": torch.get_num_threads(),
     }
 
 
-def child_main(system: str, s: Settings, prompts: list[str], workdir: Path, out: Path,
-               profile: Path | None = None) -> None:
+def child_main(
+    system: str,
+    s: Settings,
+    prompts: list[str],
+    workdir: Path,
+    out: Path,
+    profile: Path | None = None,
+) -> None:
     """Run one system; with ``profile``, under cProfile (top functions to a text file)."""
+
     def body() -> dict[str, Any]:
         if system == "trl":
             return child_trl(s, prompts, workdir)
@@ -381,9 +482,14 @@ def child_main(system: str, s: Settings, prompts: list[str], workdir: Path, out:
         import pstats
 
         # Import first, so the profile shows the run, not module loading.
-        for module in ("torch", "transformers.generation.utils", "peft", "nlhf.train",
-                       "nlhf.judges.criteria", *(("datasets", "trl.experimental.online_dpo")
-                                                 if system == "trl" else ())):
+        for module in (
+            "torch",
+            "transformers.generation.utils",
+            "peft",
+            "nlhf.train",
+            "nlhf.judges.criteria",
+            *(("datasets", "trl.experimental.online_dpo") if system == "trl" else ()),
+        ):
             importlib.import_module(module)
         prof = cProfile.Profile()
         result = prof.runcall(body)
@@ -429,20 +535,37 @@ class RssSampler:
         self._done.set()
 
 
-def run_child(system: str, s: Settings, prompts: list[str], workdir: Path,
-              profile: Path | None = None) -> dict[str, Any]:
+def run_child(
+    system: str, s: Settings, prompts: list[str], workdir: Path, profile: Path | None = None
+) -> dict[str, Any]:
     """Run one system in a fresh interpreter; its peak RSS comes from its own rusage."""
     spec = workdir / f"{system}.in.json"
     out = workdir / f"{system}.out.json"
     spec.write_text(json.dumps({"settings": asdict(s), "prompts": prompts}))
     env = dict(os.environ)
     threads = str(s.threads)
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    env.update(
+        OMP_NUM_THREADS=threads,
+        MKL_NUM_THREADS=threads,
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        PYTHONWARNINGS="ignore",
+    )
     if s.malloc_mmap_threshold > 0:
         env["MALLOC_MMAP_THRESHOLD_"] = str(s.malloc_mmap_threshold)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", system,
-           "--spec", str(spec), "--child-out", str(out), "--workdir", str(workdir)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        system,
+        "--spec",
+        str(spec),
+        "--child-out",
+        str(out),
+        "--workdir",
+        str(workdir),
+    ]
     if profile is not None:
         cmd += ["--profile", str(profile.resolve())]
     start = time.perf_counter()
@@ -459,6 +582,8 @@ def run_child(system: str, s: Settings, prompts: list[str], workdir: Path,
     result["peak_rss_sampled_mb"] = sampled.peak_mb  # psutil every 0.1 s, a cross-check
     result["process_wall_seconds"] = wall
     result["pairs_per_second"] = result["pairs"] / result["round_seconds"]
+    result["pairs_per_cpu_second"] = result["pairs"] / result["round_cpu_seconds"]
+    result["child_cpu_seconds"] = usage.ru_utime + usage.ru_stime
     result["pairs_per_second_end_to_end"] = result["pairs"] / result["total_seconds"]
     return result
 
@@ -467,31 +592,48 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def _ratio(r: dict[str, Any], base: dict[str, Any] | None, key: str) -> str:
+    return "" if base is None else f"{r[key] / base[key]:.2f}"
+
+
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     base = results.get("trl")
-    print(f"\n{'system':<12} {'pairs':>5} {'round s':>8} {'pairs/s':>8} {'× TRL':>6} "
-          f"{'e2e s':>7} {'e2e p/s':>8} {'× TRL':>6} {'peak RSS MB':>11} {'× TRL':>6}")
+    print(
+        f"\n{'system':<11} {'pairs':>5} {'round s':>8} {'pairs/s':>8} {'×TRL':>5} "
+        f"{'CPU s':>7} {'p/CPU-s':>8} {'×TRL':>5} {'e2e s':>7} {'e2e p/s':>8} {'×TRL':>5} "
+        f"{'peak RSS MB':>11} {'×TRL':>5}"
+    )
     for name, r in results.items():
-        ratio = ratio_e2e = ratio_mem = ""
-        if base is not None:
-            ratio = f"{r['pairs_per_second'] / base['pairs_per_second']:.2f}"
-            e2e = r["pairs_per_second_end_to_end"] / base["pairs_per_second_end_to_end"]
-            ratio_e2e = f"{e2e:.2f}"
-            ratio_mem = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
-        print(f"{name:<12} {r['pairs']:>5} {r['round_seconds']:>8.1f} "
-              f"{r['pairs_per_second']:>8.3f} {ratio:>6} {r['total_seconds']:>7.1f} "
-              f"{r['pairs_per_second_end_to_end']:>8.3f} {ratio_e2e:>6} "
-              f"{r['peak_rss_mb']:>11.0f} {ratio_mem:>6}")
-    keys = ("generate", "logprobs_nograd", "judge", "forward_grad", "backward", "optimizer",
-            "other")
-    print(f"\nseconds per phase of the round\n{'system':<12} "
-          + " ".join(f"{k:>15}" for k in keys))
-    for name, r in results.items():
-        print(f"{name:<12} " + " ".join(f"{r['phases'][k]:>15.2f}" for k in keys))
-    where = ("outside", "hf_generate", "forward_nograd", "judge", "forward_grad", "backward",
-             "optimizer")
-    print(f"\npeak RSS (MB) while each call was running (sampled every 20 ms)\n{'system':<12} "
-          + " ".join(f"{k:>15}" for k in where))
+        print(
+            f"{name:<11} {r['pairs']:>5} {r['round_seconds']:>8.1f} "
+            f"{r['pairs_per_second']:>8.3f} {_ratio(r, base, 'pairs_per_second'):>5} "
+            f"{r['round_cpu_seconds']:>7.1f} {r['pairs_per_cpu_second']:>8.3f} "
+            f"{_ratio(r, base, 'pairs_per_cpu_second'):>5} {r['total_seconds']:>7.1f} "
+            f"{r['pairs_per_second_end_to_end']:>8.3f} "
+            f"{_ratio(r, base, 'pairs_per_second_end_to_end'):>5} "
+            f"{r['peak_rss_mb']:>11.0f} {_ratio(r, base, 'peak_rss_mb'):>5}"
+        )
+    keys = (*PHASES, "other")
+    for title, field in (("wall seconds", "phases"), ("CPU seconds (all threads)", "phases_cpu")):
+        print(
+            f"\n{title} per phase of the round\n{'system':<12} "
+            + " ".join(f"{k:>15}" for k in keys)
+        )
+        for name, r in results.items():
+            print(f"{name:<12} " + " ".join(f"{r[field][k]:>15.2f}" for k in keys))
+    where = (
+        "outside",
+        "hf_generate",
+        "forward_nograd",
+        "judge",
+        "forward_grad",
+        "backward",
+        "optimizer",
+    )
+    print(
+        f"\npeak RSS (MB) while each call was running (sampled every 20 ms)\n{'system':<12} "
+        + " ".join(f"{k:>15}" for k in where)
+    )
     for name, r in results.items():
         peaks = r.get("rss_peak_by_phase_mb", {})
         print(f"{name:<12} " + " ".join(f"{peaks.get(k, float('nan')):>15.0f}" for k in where))
@@ -506,13 +648,27 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--malloc-mmap-threshold", type=int, default=0,
-                        help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in every child")
+    parser.add_argument(
+        "--malloc-mmap-threshold",
+        type=int,
+        default=0,
+        help="set glibc's MALLOC_MMAP_THRESHOLD_ (bytes) in every child",
+    )
+    parser.add_argument(
+        "--nlhf-gen-batch",
+        type=int,
+        default=0,
+        help="sequences per nlhf generate call (default 2·batch, as TRL's)",
+    )
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--out", default="benchmarks/results/vs_trl.json")
-    parser.add_argument("--profile", type=Path, default=None,
-                        help="run each system under cProfile; top functions to DIR/<system>.txt"
-                        " (slows Python-heavy code: do not compare timings of such runs)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="run each system under cProfile; top functions to DIR/<system>.txt"
+        " (slows Python-heavy code: do not compare timings of such runs)",
+    )
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -520,12 +676,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         spec = json.loads(Path(args.spec).read_text())
-        child_main(args.child, Settings(**spec["settings"]), spec["prompts"],
-                   Path(args.workdir), Path(args.child_out), args.profile)
+        child_main(
+            args.child,
+            Settings(**spec["settings"]),
+            spec["prompts"],
+            Path(args.workdir),
+            Path(args.child_out),
+            args.profile,
+        )
         return
-    s = Settings(model=args.model, prompts=args.prompts, batch=args.batch,
-                 max_new_tokens=args.max_new_tokens, threads=args.threads, lr=args.lr,
-                 malloc_mmap_threshold=args.malloc_mmap_threshold)
+    s = Settings(
+        model=args.model,
+        prompts=args.prompts,
+        batch=args.batch,
+        max_new_tokens=args.max_new_tokens,
+        threads=args.threads,
+        lr=args.lr,
+        malloc_mmap_threshold=args.malloc_mmap_threshold,
+        nlhf_gen_batch=args.nlhf_gen_batch,
+    )
     systems = [x for x in args.systems.split(",") if x]
     unknown = sorted(set(systems) - set(SYSTEMS))
     if unknown:
@@ -547,20 +716,33 @@ def main() -> None:
             if name != "trl":
                 ratios[name] = {
                     "throughput_vs_trl": r["pairs_per_second"] / base["pairs_per_second"],
-                    "throughput_end_to_end_vs_trl": (r["pairs_per_second_end_to_end"]
-                                                     / base["pairs_per_second_end_to_end"]),
+                    "throughput_per_cpu_second_vs_trl": (
+                        r["pairs_per_cpu_second"] / base["pairs_per_cpu_second"]
+                    ),
+                    "throughput_end_to_end_vs_trl": (
+                        r["pairs_per_second_end_to_end"] / base["pairs_per_second_end_to_end"]
+                    ),
                     "peak_rss_vs_trl": r["peak_rss_mb"] / base["peak_rss_mb"],
                 }
     import torch
     import transformers
 
     payload = {
-        "settings": asdict(s), "prompts": prompts, "results": results, "ratios": ratios,
+        "settings": asdict(s),
+        "prompts": prompts,
+        "results": results,
+        "ratios": ratios,
         "goals": {"throughput_vs_trl": ">= 1.5", "peak_rss_vs_trl": "<= 0.7"},
-        "loadavg_before": load_before, "loadavg_after": load_after,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "trl": _version("trl"), "peft": _version("peft")},
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": _version("trl"),
+            "peft": _version("peft"),
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
