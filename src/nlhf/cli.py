@@ -6,6 +6,7 @@ Bad input raises :class:`NLHFInputError`; ``main`` prints its one-line message a
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -166,7 +167,8 @@ def train(
     from nlhf.train import train as run_training
 
     run_dir = run_training(cfg, resume=resume is not None, progress=progress)
-    typer.echo(f"run finished: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line per launch, not per process
+        typer.echo(f"run finished: {run_dir}")
 
 
 @app.command("eval")

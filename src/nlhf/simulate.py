@@ -15,7 +15,7 @@ import numpy as np
 
 from nlhf.algorithms import ALGORITHMS, LabSettings
 from nlhf.errors import NLHFInputError
-from nlhf.games import Game, gap, gap_per_context, load_game, make_instance
+from nlhf.games import Game, gap, gap_per_context, load_game, make_instance, regret_curve
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,9 @@ def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
     last = algo.policy
     average = getattr(algo, "average_policy", None)
     rows = []
+    curves = regret_curve(gaps)
     for b in range(spec.seeds):
-        curve = np.cumsum(gaps[b])
+        curve = curves[b]
         row = {
             "instance": game.name if spec.game_file else spec.instance,
             "algorithm": spec.algorithm,

@@ -138,11 +138,6 @@ def newton_minimise(
     return log_softmax(theta.detach().numpy(), axis=-1)
 
 
-def gather(logp: torch.Tensor, ctx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """logp[ctx, y] for one seed's (C, K) table and index vectors."""
-    return logp[ctx, y]
-
-
 def omd_prior(old: np.ndarray, log_ref: np.ndarray, tau: float, eta: float) -> np.ndarray:
     """log of pi_t^{1−tau/eta}·pi_ref^{tau/eta}, normalised: where OMD leaves unseen responses."""
     mix = tau / eta

@@ -50,9 +50,6 @@ class Game:
     def n_responses(self) -> int:
         return self.P.shape[1]
 
-    def with_tau(self, tau: float) -> Game:
-        return Game(self.P, self.ref, tau, self.d0, self.name)
-
 
 def validate(
     P: np.ndarray, ref: np.ndarray, tau: float, d0: np.ndarray, where: str = "game"
