@@ -70,8 +70,8 @@ class Settings:
     #: glibc MALLOC_MMAP_THRESHOLD_ for every child (0: the allocator's default). A fixed
     #: threshold stops glibc from keeping freed activation buffers, see docs/performance.md.
     malloc_mmap_threshold: int = 0
-    #: Sequences per nlhf generate call (0: 2·batch, what TRL's generate call sees). TRL
-    #: cannot change it without changing its training batch; nlhf's rollout.batch_size can.
+    #: Sequences per nlhf generate call (0: nlhf's default, rollout.batch_size). TRL's call
+    #: sees 2·batch and cannot change without changing its training batch; nlhf's can.
     nlhf_gen_batch: int = 0
 
 
@@ -352,13 +352,13 @@ def nlhf_config(s: Settings, algorithm: str, run_dir: Path) -> dict[str, Any]:
             "pairs_per_prompt": 1,
         },
         "data": {"prompts": "builtin", "prompts_per_iteration": s.prompts, "heldout": s.heldout},
-        # By default one generate call sees 2·batch sequences, as TRL's (2 completions ×
-        # batch prompts).
+        # Generation batch: nlhf's default unless --nlhf-gen-batch is given (TRL's generate
+        # call always sees its training batch, 2 completions × batch prompts).
         "rollout": {
             "max_new_tokens": s.max_new_tokens,
             "temperature": 1.0,
             "top_p": 1.0,
-            "batch_size": s.nlhf_gen_batch or 2 * s.batch,
+            **({"batch_size": s.nlhf_gen_batch} if s.nlhf_gen_batch else {}),
         },
         "train": {
             "learning_rate": s.lr,
@@ -639,6 +639,40 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         print(f"{name:<12} " + " ".join(f"{peaks.get(k, float('nan')):>15.0f}" for k in where))
 
 
+def ratios_vs_trl(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each nlhf system's figures over TRL's from the same repetition."""
+    base = results.get("trl")
+    if base is None:
+        return {}
+    return {
+        name: {
+            "throughput_vs_trl": r["pairs_per_second"] / base["pairs_per_second"],
+            "throughput_per_cpu_second_vs_trl": (
+                r["pairs_per_cpu_second"] / base["pairs_per_cpu_second"]
+            ),
+            "throughput_end_to_end_vs_trl": (
+                r["pairs_per_second_end_to_end"] / base["pairs_per_second_end_to_end"]
+            ),
+            "peak_rss_vs_trl": r["peak_rss_mb"] / base["peak_rss_mb"],
+        }
+        for name, r in results.items() if name != "trl"
+    }
+
+
+def summarise(per_rep: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Median, min and max of every ratio over the repetitions."""
+    import statistics
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in per_rep[0] if per_rep else []:
+        out[name] = {}
+        for key in per_rep[0][name]:
+            values = [rep[name][key] for rep in per_rep]
+            out[name][key] = {"median": statistics.median(values), "min": min(values),
+                              "max": max(values), "values": values}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     d = Settings()
@@ -658,7 +692,14 @@ def main() -> None:
         "--nlhf-gen-batch",
         type=int,
         default=0,
-        help="sequences per nlhf generate call (default 2·batch, as TRL's)",
+        help="sequences per nlhf generate call (default: nlhf's rollout.batch_size)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the systems this many times, interleaved (trl, online-dpo, enpo, trl, ...);"
+        " ratios are taken within each repetition and summarised by their median",
     )
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--out", default="benchmarks/results/vs_trl.json")
@@ -701,37 +742,38 @@ def main() -> None:
         parser.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
     prompts = pick_prompts(s)
     load_before = loadavg()
-    results: dict[str, dict[str, Any]] = {}
+    repetitions: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="nlhf-vs-trl-") as tmp:
-        for system in systems:
-            print(f"running {system} ...", flush=True)
-            results[system] = run_child(system, s, prompts, Path(tmp), args.profile)
+        for rep in range(max(1, args.repeat)):
+            results: dict[str, dict[str, Any]] = {}
+            for system in systems:
+                print(f"running {system} (repetition {rep + 1}/{args.repeat}) ...", flush=True)
+                (Path(tmp) / f"rep{rep}").mkdir(exist_ok=True)
+                results[system] = run_child(system, s, prompts, Path(tmp) / f"rep{rep}",
+                                            args.profile)
+            repetitions.append(results)
+            print_table(results)
     load_after = loadavg()
-    print_table(results)
     print(f"\nload average (1, 5, 15 min): before {load_before}, after {load_after}")
-    ratios: dict[str, dict[str, float]] = {}
-    if "trl" in results:
-        base = results["trl"]
-        for name, r in results.items():
-            if name != "trl":
-                ratios[name] = {
-                    "throughput_vs_trl": r["pairs_per_second"] / base["pairs_per_second"],
-                    "throughput_per_cpu_second_vs_trl": (
-                        r["pairs_per_cpu_second"] / base["pairs_per_cpu_second"]
-                    ),
-                    "throughput_end_to_end_vs_trl": (
-                        r["pairs_per_second_end_to_end"] / base["pairs_per_second_end_to_end"]
-                    ),
-                    "peak_rss_vs_trl": r["peak_rss_mb"] / base["peak_rss_mb"],
-                }
+    per_rep = [ratios_vs_trl(results) for results in repetitions]
+    summary = summarise(per_rep)
+    if summary:
+        print(f"\nratios to TRL over {len(per_rep)} repetition(s): median [min, max]")
+        for name, keys in summary.items():
+            print(f"{name:<11} " + "  ".join(
+                f"{k} {v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]"
+                for k, v in keys.items()))
     import torch
     import transformers
 
     payload = {
         "settings": asdict(s),
         "prompts": prompts,
-        "results": results,
-        "ratios": ratios,
+        "results": repetitions[0],
+        "ratios": per_rep[0],
+        "repetitions": repetitions,
+        "ratios_per_repetition": per_rep,
+        "ratios_summary": summary,
         "goals": {"throughput_vs_trl": ">= 1.5", "peak_rss_vs_trl": "<= 0.7"},
         "loadavg_before": load_before,
         "loadavg_after": load_after,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from nlhf.batching import even_batches
 from nlhf.errors import NLHFInputError
 from nlhf.policies import (
     DEFAULT_MODEL,
@@ -19,6 +20,7 @@ from nlhf.policies import (
     loading,
     set_seed,
 )
+from nlhf.policies.lm import length_groups
 
 RESPONSES = [[17, 23, 99, 2], [5], [300, 301, 302, 303, 304, 305, 2], [2], [44, 45]]
 
@@ -344,3 +346,52 @@ def test_real_smollm2_from_gguf_cache() -> None:
         [s.prompt_ids for s in samples], [s.response_ids for s in samples], "policy"
     )
     assert torch.allclose(cached, forward, atol=1e-4)
+
+
+def test_shared_prompt_gradients_match_naive(tiny_policy: LMPolicy, prompts: Any) -> None:
+    """Rows that share a prompt share its forward pass (one KV cache, prompts of different
+    lengths merged); values and LoRA gradients equal one unpadded forward per row."""
+    long = prompts[2] + prompts[1]  # forwarded apart from the others, caches merged
+    ps = [prompts[0], prompts[0], long, prompts[2], prompts[2], prompts[2]]
+    rs = [[17, 23, 99, 2], [5], [300, 301, 302], [2], [44, 45, 46, 47, 48], [7, 8]]
+    lengths = sorted({len(p) for p in ps}, reverse=True)
+    assert len(length_groups(lengths)) > 1
+    params = tiny_policy.trainable_parameters("policy")
+    for p in params:
+        p.requires_grad_(True)
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        out = torch.autograd.grad(loss, params)
+        return [g.detach().clone() for g in out]
+
+    with tiny_policy.using("policy") as model:
+        naive = []
+        for p, r in zip(ps, rs, strict=True):
+            ids = torch.tensor([p + r])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            naive.append(sum(logp[len(p) + t - 1, tok] for t, tok in enumerate(r)))
+    want = torch.stack(naive)
+    weights = torch.linspace(0.5, 2.0, len(rs))
+    want_grads = grads((weights * want).sum())
+    got = tiny_policy.sequence_logprobs(ps, rs, "policy", grad=True, batch_size=6)
+    assert torch.allclose(got, want.detach(), atol=1e-4)
+    for g, w in zip(grads((weights * got).sum()), want_grads, strict=True):
+        assert torch.allclose(g, w, atol=1e-5, rtol=1e-4)
+    assert any(float(w.abs().max()) > 0 for w in want_grads)
+    for p in params:
+        p.requires_grad_(False)
+
+
+def test_length_groups_bound_the_padding() -> None:
+    # One long prompt is forwarded alone; the rest pad at most 20 % of their tokens.
+    assert length_groups([71, 40, 40, 38]) == [[0], [1, 2, 3]]
+    assert length_groups([10, 10, 10]) == [[0, 1, 2]]
+    assert length_groups([]) == []
+
+
+def test_even_batches() -> None:
+    # 36 rows at size 32 run as 18 + 18, not 32 + 4; order is kept.
+    assert [len(b) for b in even_batches(list(range(36)), 32)] == [18, 18]
+    assert [i for b in even_batches(list(range(10)), 4) for i in b] == list(range(10))
+    assert [len(b) for b in even_batches(list(range(10)), 4)] == [3, 3, 4]
+    assert even_batches([1, 2], 0) == [[1, 2]] and even_batches([], 3) == []

@@ -11,7 +11,7 @@ from torch import nn
 
 from nlhf.policies import LMPolicy
 from nlhf.rollout import Sample, generate
-from nlhf.rollout.hf import _cut_at_eos, batch_seed
+from nlhf.rollout.hf import Sampler, _cut_at_eos, batch_seed
 
 MAX_NEW = 10
 
@@ -133,3 +133,29 @@ def test_helpers() -> None:
 def test_progress_bar_runs(tiny_policy: LMPolicy, prompts: Any) -> None:
     samples = generate(tiny_policy, prompts[:1], "policy", max_new_tokens=2, progress=True)
     assert len(samples) == 1
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_p", "want"),
+    [
+        (1.0, 1.0, [0.5, 0.3, 0.15, 0.05]),
+        (1.0, 0.7, [0.625, 0.375, 0.0, 0.0]),  # nucleus {0.5, 0.3}, renormalised
+        (2.0, 1.0, None),  # softmax(logits / 2)
+    ],
+)
+def test_sampler_draws_from_the_tempered_nucleus(temperature: float, top_p: float,
+                                                 want: list[float] | None) -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    logits = probs.log().float()
+    if want is None:
+        want = torch.softmax(probs.log() / temperature, -1).tolist()
+    n = 200_000
+    sampler = Sampler(temperature, top_p, torch.Generator().manual_seed(0))
+    scores = sampler(torch.zeros((n, 1), dtype=torch.long), logits.expand(n, -1).clone())
+    tokens = scores.argmax(-1)
+    assert bool((scores.isfinite().sum(-1) == 1).all())  # one token kept per row
+    freq = torch.bincount(tokens, minlength=4).double() / n
+    for f, p in zip(freq.tolist(), want, strict=True):
+        assert abs(f - p) <= 4 * (p * (1 - p) / n) ** 0.5 + 1e-12, (freq, want)
+    # Recorded log-probs are the raw model's (the policy's), whatever the sampling.
+    assert torch.allclose(sampler.logprobs[0], probs.log().float()[tokens], atol=1e-6)

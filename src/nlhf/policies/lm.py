@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nlhf.atomic import atomic_directory
+from nlhf.batching import even_batches
 from nlhf.errors import NLHFInputError
 from nlhf.policies.loading import DEFAULT_MODEL, load_model_and_tokenizer
 
@@ -50,6 +52,68 @@ class LoraSettings:
             bias="none",
             task_type="CAUSAL_LM",
         )
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``rows`` padded on the left to one width."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[b, width - len(row) :] = 1
+    return ids, mask
+
+
+def length_groups(lengths: Sequence[int], max_padding: float = 0.2) -> list[list[int]]:
+    """Consecutive groups of ``lengths`` (sorted longest first) whose left padding stays
+    under ``max_padding`` of each group's tokens: the forward batches of a set of prompts."""
+    groups: list[list[int]] = []
+    total = 0
+    for i, n in enumerate(lengths):
+        if groups:
+            width = lengths[groups[-1][0]]
+            size = len(groups[-1]) + 1
+            if width * size - (total + n) <= max_padding * width * size:
+                groups[-1].append(i)
+                total += n
+                continue
+        groups.append([i])
+        total = n
+    return groups
+
+
+def merge_caches(caches: Sequence[Any], width: int, order: torch.Tensor) -> Any:
+    """One KV cache from several batches' caches: keys and values left-padded to ``width``
+    (the padding is masked), batches concatenated, then rows taken in ``order``.
+
+    The first cache object is reused, so its type (and any model-specific layers) stays.
+    """
+    merged = caches[0]
+    for layer, parts in enumerate(zip(*(cache_tensors(c) for c in caches), strict=True)):
+        keys = torch.cat([F.pad(k, (0, 0, width - k.shape[-2], 0)) for k, _ in parts])[order]
+        values = torch.cat([F.pad(v, (0, 0, width - v.shape[-2], 0)) for _, v in parts])
+        set_cache_tensors(merged, layer, keys, values[order])
+    return merged
+
+
+def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of each layer of a transformers KV cache, old layout or new."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))
+
+
+def set_cache_tensors(cache: Any, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    if hasattr(cache, "layers"):
+        cache.layers[layer].keys, cache.layers[layer].values = keys, values
+    else:
+        cache.key_cache[layer], cache.value_cache[layer] = keys, values
+
+
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits upcast for the softmax; float64 (tests) kept as it is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def default_device() -> torch.device:
@@ -104,7 +168,10 @@ class LMPolicy:
                 self.copies = {name: copy.deepcopy(model) for name in ADAPTERS}
                 for m in self.copies.values():
                     m.requires_grad_(True)
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        # transformers 5.2x renamed `past_key_values` to `cache` (argument and output).
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
     @classmethod
     def from_name(
@@ -224,15 +291,53 @@ class LMPolicy:
         response_ids: Sequence[Sequence[int]],
         batch_size: int,
     ) -> list[list[int]]:
-        """The batches (row indices, longest first) that :meth:`sequence_logprobs` runs.
+        """The batches (row indices) that :meth:`sequence_logprobs` runs.
 
+        Rows that share a prompt are kept next to each other (so a batch forwards each prompt
+        once, see :meth:`_batch_logprobs`); prompt groups go longest first, to cut padding.
         Public so that data-parallel ranks can split whole batches: a row's value then comes
-        from the same padded batch, bit for bit, whatever the number of processes.
+        from the same batch, bit for bit, whatever the number of processes.
         """
-        lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        step = max(1, batch_size)
-        return [order[s : s + step] for s in range(0, len(order), step)]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(prompt_ids):
+            groups.setdefault(tuple(p), []).append(i)
+        for rows in groups.values():
+            rows.sort(key=lambda i: -len(response_ids[i]))
+
+        def longest(rows: list[int]) -> int:
+            return len(prompt_ids[rows[0]]) + len(response_ids[rows[0]])
+
+        order = [i for rows in sorted(groups.values(), key=lambda g: -longest(g)) for i in rows]
+        return even_batches(order, max(1, batch_size))
+
+    def forward_prompts(self, model: nn.Module, prompts: Sequence[Sequence[int]],
+                        ) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Forward prompts once: their last position's logits, the KV cache and its mask.
+
+        Rows are in input order, left-padded to the longest prompt. Prompts are forwarded in
+        groups of similar length (:func:`length_groups`) and the groups' caches merged, so
+        one long prompt does not make every row pay for its padding. Positions count real
+        tokens only (0..len-1), as in `generate`, so a continuation of the cache sees the
+        positions of one unpadded sequence.
+        """
+        kwargs: dict[str, Any] = {"logits_to_keep": 1} if self._keeps_logits else {}
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        logits, caches, masks = [], [], []
+        for group in length_groups([len(prompts[i]) for i in order]):
+            ids, mask = left_pad([prompts[order[i]] for i in group], self.pad_token_id)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            out = model(input_ids=ids, attention_mask=mask,
+                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                        **kwargs)
+            logits.append(out.logits[:, -1])
+            caches.append(getattr(out, self.cache_arg))
+            masks.append(mask)
+        width = masks[0].shape[1]  # the first group holds the longest prompt
+        back = torch.empty(len(order), dtype=torch.long, device=self.device)
+        back[torch.tensor(order, device=self.device)] = torch.arange(len(order),
+                                                                    device=self.device)
+        mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in masks])[back]
+        return torch.cat(logits)[back], merge_caches(caches, width, back), mask
 
     def _batch_logprobs(
         self,
@@ -240,35 +345,45 @@ class LMPolicy:
         prompts: list[Sequence[int]],
         responses: list[Sequence[int]],
     ) -> torch.Tensor:
-        """Right-padded forward pass; positions of real tokens are 0..len-1 as when unpadded."""
-        width = max(len(p) + len(r) for p, r in zip(prompts, responses, strict=True))
-        batch = len(prompts)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((batch, width), dtype=torch.long)
-        targets = torch.zeros((batch, width), dtype=torch.bool)  # tokens whose log-prob counts
-        for b, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-            seq = list(p) + list(r)
-            input_ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention[b, : len(seq)] = 1
-            targets[b, len(p) : len(seq)] = True
-        # Logits at position t predict token t+1; only keep those from the first response.
-        first = min(len(p) for p in prompts) - 1
-        keep = width - first
-        kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keeps_logits else {}
-        position_ids = torch.arange(width).unsqueeze(0).expand(batch, -1)
+        """Log-probs of a batch of rows, each distinct prompt forwarded once.
+
+        Why: in every round several responses share a prompt (pairs, comparators), and the
+        prompt is often most of the tokens. Pass 1 runs the distinct prompts (left-padded) and
+        keeps their KV cache; pass 2 runs every row's response against its prompt's cache.
+        Positions of real tokens are 0..len-1 as when unpadded, and padding is masked, so a
+        row's value does not depend on its batch companions (up to float rounding).
+        Gradients flow through both passes (the prompt's keys and values depend on LoRA).
+        """
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+        pad = self.pad_token_id
+        last_logits, cache, p_mask = self.forward_prompts(model, list(distinct))
+        rows = torch.tensor(owner, device=self.device)
+        lengths = torch.tensor([len(r) for r in responses], device=self.device)
+        first = torch.tensor([r[0] if len(r) else pad for r in responses], device=self.device)
+        first_lp = torch.log_softmax(at_least_fp32(last_logits), dim=-1)[rows, first]
+        total = torch.where(lengths > 0, first_lp, torch.zeros_like(first_lp))
+        rest = max(len(r) for r in responses) - 1
+        if rest <= 0:
+            return total
+        cache.batch_select_indices(rows)
+        r_ids = torch.full((len(responses), rest + 1), pad, dtype=torch.long)
+        for b, r in enumerate(responses):
+            r_ids[b, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        r_ids = r_ids.to(self.device)
+        r_mask = (torch.arange(rest, device=self.device) < (lengths - 1).unsqueeze(-1)).long()
+        start = torch.tensor([len(p) for p in prompts], device=self.device)
         logits = model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention.to(self.device),
-            position_ids=position_ids.to(self.device),
-            use_cache=False,
-            **kwargs,
+            input_ids=r_ids[:, :rest],
+            attention_mask=torch.cat([p_mask[rows], r_mask], dim=-1),
+            position_ids=start.unsqueeze(-1) + torch.arange(rest, device=self.device),
+            use_cache=True,
+            **{self.cache_arg: cache},
         ).logits
-        logits = logits[:, -keep:-1].float()
-        next_tokens = input_ids[:, first + 1 :].to(self.device)
-        mask = targets[:, first + 1 :].to(self.device)
-        picked = logits.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
-        token_logprobs = picked - torch.logsumexp(logits, dim=-1)
-        return torch.where(mask, token_logprobs, torch.zeros_like(token_logprobs)).sum(-1)
+        logits = at_least_fp32(logits)
+        picked = logits.gather(-1, r_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        token_lp = picked - torch.logsumexp(logits, dim=-1)
+        return total + torch.where(r_mask.bool(), token_lp, torch.zeros_like(token_lp)).sum(-1)
 
     # -- saving, loading, copying ------------------------------------------------------------
 

@@ -22,6 +22,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from nlhf.batching import even_batches
+from nlhf.policies.lm import left_pad
+
 if TYPE_CHECKING:
     from nlhf.policies.lm import LMPolicy
 
@@ -58,21 +61,16 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-def _generation_config(
-    policy: LMPolicy, max_new_tokens: int, temperature: float, top_p: float, exact: bool
-) -> Any:
-    """Every sampling knob set explicitly, so a model's own defaults cannot distort sampling."""
+def _generation_config(policy: LMPolicy, max_new_tokens: int) -> Any:
+    """Greedy decoding over the scores of :class:`Sampler` (which draws the tokens itself),
+    with every processor that greedy decoding applies set to neutral, so that a model's own
+    defaults cannot distort sampling (sampling-only knobs such as top-k do not apply)."""
     from transformers import GenerationConfig
 
-    sample = temperature > 0
     return GenerationConfig(
-        do_sample=sample,
-        temperature=temperature if sample else 1.0,
-        top_p=top_p if sample else 1.0,
-        top_k=0,
-        typical_p=1.0,
-        epsilon_cutoff=0.0,
-        eta_cutoff=0.0,
+        do_sample=False,
+        temperature=1.0,
+        top_p=1.0,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
         min_new_tokens=0,
@@ -82,18 +80,51 @@ def _generation_config(
         pad_token_id=policy.pad_token_id,
         eos_token_id=policy.eos_token_ids,
         return_dict_in_generate=True,
-        output_logits=exact,
     )
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[b, width - len(row) :] = 1
-    return ids, mask
+class Sampler:
+    """A `generate` logits processor that samples each step's tokens itself.
+
+    It draws by the exponential race (token = argmax p_i / E_i, E_i ~ Exp(1), exactly a
+    draw from p), as `torch.multinomial` does, so two policies sampled with the same seed
+    share their noise: close policies give identical responses, which makes `nlhf eval`'s
+    comparison with the reference a paired one (ties). (Inverse-CDF sampling is a little
+    faster but couples far less.) It returns scores that are 0 at the drawn token and -inf
+    elsewhere, so greedy `generate` keeps exactly that token, and it records the token's
+    log-prob under the scores `generate` gives it (the model's logits) at that step, so no
+    step's logits need to be kept: the trainer uses them when the sampling distribution is
+    the policy itself (temperature 1, top-p 1). Temperature <= 0 picks the argmax.
+    """
+
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator) -> None:
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generator = generator
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float()
+        if self.temperature <= 0:
+            tokens = logits.argmax(-1, keepdim=True)
+        else:
+            scaled = logits if self.temperature == 1.0 else logits / self.temperature
+            probs = torch.softmax(scaled, dim=-1)
+            if self.top_p < 1.0:
+                probs = _nucleus(probs, self.top_p)
+            race = torch.empty_like(probs).exponential_(generator=self.generator)
+            tokens = (probs / race).argmax(-1, keepdim=True)
+        self.logprobs.append(
+            (logits.gather(-1, tokens) - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0])
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, tokens, 0.0)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches ``top_p`` (>= 1 token)."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+    return probs.scatter(-1, order, sorted_p.masked_fill(drop, 0.0))
 
 
 def _cut_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
@@ -131,8 +162,7 @@ def plan_batches(
     prompts = prompt_lists(prompts_ids)
     jobs = [(i, list(p)) for i, p in enumerate(prompts) for _ in range(n_per_prompt)]
     order = sorted(range(len(jobs)), key=lambda k: len(jobs[k][1]))
-    step = max(1, batch_size)
-    return jobs, [order[s : s + step] for s in range(0, len(order), step)]
+    return jobs, even_batches(order, max(1, batch_size))
 
 
 def generate_batches(
@@ -152,32 +182,50 @@ def generate_batches(
     {job index: sample}. Batch b is seeded from (seed, b), so its samples do not depend on
     which other batches this call runs."""
     exact = temperature == 1.0 and top_p == 1.0
-    config = _generation_config(policy, max_new_tokens, temperature, top_p, exact)
+    config = _generation_config(policy, max_new_tokens)
     eos = set(policy.eos_token_ids)
     results: dict[int, Sample] = {}
     todo = list(run)
-    cuda = [policy.device] if policy.device.type == "cuda" else []
     name = adapter or "reference"
     with _progress(progress) as bar, policy.using(adapter) as model, torch.no_grad():
         task = bar.add_task(f"generate ({name})", total=sum(len(batches[b]) for b in todo))
         for b in todo:
             idx = batches[b]
-            ids, mask = _left_pad([jobs[k][1] for k in idx], policy.pad_token_id)
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(batch_seed(seed, b))
-                out = model.generate(  # type: ignore[operator]
-                    input_ids=ids.to(policy.device),
-                    attention_mask=mask.to(policy.device),
-                    generation_config=config,
-                )
+            prompts = [jobs[k][1] for k in idx]
+            ids, mask = left_pad(prompts, policy.pad_token_id)
+            ids, mask = ids.to(policy.device), mask.to(policy.device)
+            shared = _shared_prefill(policy, model, prompts)
+            generator = torch.Generator(policy.device).manual_seed(batch_seed(seed, b))
+            sampler = Sampler(temperature, top_p, generator)
+            out = model.generate(  # type: ignore[operator]
+                input_ids=ids, attention_mask=mask, generation_config=config,
+                logits_processor=[sampler], **shared,
+            )
             new = out.sequences[:, ids.shape[1] :]
-            token_lp = _token_logprobs(out.logits, new) if exact else None
+            token_lp = torch.stack(sampler.logprobs, dim=1).cpu() if exact else None
             for j, k in enumerate(idx):
                 response = _cut_at_eos(new[j].tolist(), eos)
                 logprob = None if token_lp is None else float(token_lp[j, : len(response)].sum())
                 results[k] = Sample.decoded(policy.tokenizer, *jobs[k], response, logprob)
             bar.advance(task, len(idx))
     return results
+
+
+def _shared_prefill(policy: LMPolicy, model: Any, prompts: list[list[int]]) -> dict[str, Any]:
+    """The KV cache of a batch's prompts, each distinct prompt forwarded once, for `generate`.
+
+    Why: a round samples several responses per prompt, and `generate` would prefill every
+    copy, padded to the batch's longest prompt. Here each distinct prompt is forwarded once
+    (in groups of similar length) and its rows share its cache: all but the last prompt
+    token, which `generate` feeds itself. Returns {} when there is nothing to share.
+    """
+    distinct: dict[tuple[int, ...], int] = {}
+    rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    if len(distinct) == len(prompts) or min(len(p) for p in distinct) < 2:
+        return {}
+    _, cache, _ = policy.forward_prompts(model, [p[:-1] for p in distinct])
+    cache.batch_select_indices(torch.tensor(rows, device=policy.device))
+    return {policy.cache_arg: cache}
 
 
 def generate(
@@ -206,13 +254,3 @@ def generate(
         temperature=temperature, top_p=top_p, seed=seed, progress=progress,
     )
     return [results[k] for k in range(len(jobs))]
-
-
-def _token_logprobs(logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each generated token under the raw (unprocessed) model logits."""
-    columns = []
-    for t, step_logits in enumerate(logits):
-        step = step_logits.float()
-        picked = step.gather(-1, tokens[:, t : t + 1]).squeeze(-1)
-        columns.append(picked - torch.logsumexp(step, dim=-1))
-    return torch.stack(columns, dim=1).cpu()

@@ -40,7 +40,7 @@ from nlhf.trainer.base import (
     phase_metrics,
 )
 from nlhf.trainer.data import Comparison, RoundData, Source
-from nlhf.trainer.fit import fit
+from nlhf.trainer.fit import Micro, fit
 
 Tensor = torch.Tensor
 
@@ -74,26 +74,32 @@ class PairwiseRound(LLMAlgorithm):
         return None
 
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor) -> Tensor:
-        """The algorithm's loss on the oriented pairs of minibatch ``idx``."""
+                  weight: Tensor, norm: float) -> Tensor:
+        """The algorithm's loss on the oriented pairs ``idx`` of a micro-batch; ``norm`` is
+        the whole minibatch's total weight (the loss's denominator)."""
         raise NotImplementedError
 
     def update(self, ctx: RoundContext, data: RoundData, probs: np.ndarray) -> dict[str, float]:
         p_win = data.tensor(probs)
         extra_w = self.pair_weights(data)
 
+        def weights(idx: list[int]) -> Tensor:
+            """Weights p and 1 − p of the two orientations, times any extra pair weight."""
+            w = outcome_weights(p_win[idx])
+            return w if extra_w is None else w * extra_w[idx].repeat(2)
+
         def body() -> dict[str, Any]:
-            def loss_fn(idx: list[int], _: list[int]) -> Tensor:
+            def loss_fn(m: Micro) -> Tensor:
+                idx = m.items
                 pa, ra = data.seqs("policy", idx)
                 pb, rb = data.seqs("opponent", idx)
                 lp = ctx.policy.sequence_logprobs(pa + pb, ra + rb, "policy", grad=True,
                                                   batch_size=2 * len(idx))
                 n = len(idx)
                 lw, ll = oriented(lp[:n], lp[n:])
-                weight = outcome_weights(p_win[idx])
-                if extra_w is not None:
-                    weight = weight * extra_w[idx].repeat(2)
-                return self.pair_loss(lw, ll, data, idx, weight)
+                # The loss's denominator is the whole minibatch's weight (fit's micro-batches).
+                return self.pair_loss(lw, ll, data, idx, weights(idx),
+                                      float(weights(m.batch).sum()))
 
             return fit(ctx.policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
                        ctx.seed("train"), progress=ctx.progress,
@@ -113,10 +119,10 @@ class INPO(PairwiseRound):
     uses_pi_t = True
 
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor) -> Tensor:
+                  weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
         ow, ol = self.both(data, "pi_t", idx)
-        return inpo_loss(lw, ll, rw, rl, ow, ol, self.h.eta, self.h.tau, weight)
+        return inpo_loss(lw, ll, rw, rl, ow, ol, self.h.eta, self.h.tau, weight, norm)
 
 
 class NashMD(PairwiseRound):
@@ -131,28 +137,28 @@ class NashMD(PairwiseRound):
         return data.tensor(w / w.mean())
 
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor) -> Tensor:
+                  weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
         ow, ol = self.both(data, "pi_t", idx)
-        return nash_md_loss(lw, ll, rw, rl, ow, ol, self.h.eta, self.h.tau, weight)
+        return nash_md_loss(lw, ll, rw, rl, ow, ol, self.h.eta, self.h.tau, weight, norm)
 
 
 class OnlineDPO(PairwiseRound):
     name = "online-dpo"
 
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor) -> Tensor:
+                  weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
-        return online_dpo_loss(lw, ll, rw, rl, self.h.beta, weight)
+        return online_dpo_loss(lw, ll, rw, rl, self.h.beta, weight, norm)
 
 
 class OnlineIPO(PairwiseRound):
     name = "online-ipo"
 
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor) -> Tensor:
+                  weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
-        return online_ipo_loss(lw, ll, rw, rl, self.h.beta, weight)
+        return online_ipo_loss(lw, ll, rw, rl, self.h.beta, weight, norm)
 
 
 class XPO(PairwiseRound):
@@ -160,12 +166,13 @@ class XPO(PairwiseRound):
     opponent_model = "ref"
 
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor) -> Tensor:
+                  weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
         n = len(idx)
-        # Rows n.. of lw are the opponent's samples ỹ ~ pi_ref under the trained policy.
+        # Rows n.. of lw are the opponent's samples ỹ ~ pi_ref under the trained policy. XPO
+        # has no pair weights beyond the outcome's, so norm is the minibatch's pair count.
         return xpo_loss(lw, ll, rw, rl, self.h.beta, self.h.alpha, logp_ref_samples=lw[n:],
-                        weight=weight)
+                        weight=weight, norm=norm, ref_sample_norm=norm)
 
 
 class SPPO(LLMAlgorithm):
@@ -195,11 +202,13 @@ class SPPO(LLMAlgorithm):
         rate = data.tensor(self.win_rates(probs))
 
         def body() -> dict[str, Any]:
-            def loss_fn(idx: list[int], _: list[int]) -> Tensor:
+            def loss_fn(m: Micro) -> Tensor:
+                idx = m.items
                 p_ids, r_ids = data.seqs("policy", idx)
                 lp = ctx.policy.sequence_logprobs(p_ids, r_ids, "policy", grad=True,
                                                   batch_size=len(idx))
-                return sppo_loss(lp, data.logp("policy", "pi_t", idx), rate[idx], self.h.eta)
+                return sppo_loss(lp, data.logp("policy", "pi_t", idx), rate[idx], self.h.eta,
+                                 norm=float(len(m.batch)))
 
             return fit(ctx.policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
                        ctx.seed("train"), progress=ctx.progress,

@@ -272,24 +272,35 @@ def missing_logprobs(data: RoundData, needs: Sequence[tuple[str, str]]) -> list[
 
 def run_logprobs(policy: LMPolicy, data: RoundData, todo: Sequence[tuple[str, str]],
                  batch_size: int, progress: bool, dist: Dist = SINGLE) -> dict[str, list[float]]:
-    """One no-grad forward pass per missing (role, model); returns {"role/model": values}.
-    Under several processes the batches are split across ranks and every rank gets all."""
+    """No-grad forward passes for the missing (role, model)s; returns {"role/model": values}.
+
+    All roles scored by one model go through one call, so the responses that share a prompt
+    (a pair's two sides, comparators) share its forward pass (:meth:`LMPolicy.
+    _batch_logprobs`). Under several processes the batches are split across ranks and every
+    rank gets all.
+    """
+    by_model: dict[str, list[str]] = {}
+    for role, model in todo:
+        by_model.setdefault(model, []).append(role)
     out: dict[str, list[float]] = {}
-    chunk = max(1, batch_size) * 8
-    total = sum(len(data.roles[role]) for role, _ in todo)
     with bar(progress) as pb:
-        task = pb.add_task("log-probs", total=total)
-        for role, model in todo:
-            n = len(data.roles[role])
-            values: list[float] = []
-            for start in range(0, n, chunk):
-                idx = range(start, min(n, start + chunk))
-                p_ids, r_ids = data.seqs(role, idx)
+        task = pb.add_task("log-probs", total=sum(len(data.roles[r]) for r, _ in todo))
+        for model, roles in by_model.items():
+            rows = [(role, i) for role in roles for i in range(len(data.roles[role]))]
+            # Chunks of whole prompts: row order is role-major, so walk prompt by prompt.
+            rows.sort(key=lambda ri: data.roles[ri[0]].prompt_pos[ri[1]])
+            values: dict[tuple[str, int], float] = {}
+            chunk = max(1, batch_size) * 8
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
+                p_ids = [data.prompt_tokens[data.roles[r].prompt_pos[i]] for r, i in part]
+                r_ids = [data.roles[r].response_ids[i] for r, i in part]
                 lp = sharded_logprobs(policy, dist, p_ids, r_ids, ADAPTER_OF[model],
                                       batch_size)
-                values += [float(v) for v in lp.detach().cpu()]
-                pb.advance(task, len(idx))
-            out[f"{role}/{model}"] = values
+                values.update(zip(part, (float(v) for v in lp.detach().cpu()), strict=True))
+                pb.advance(task, len(part))
+            for role in roles:
+                out[f"{role}/{model}"] = [values[role, i] for i in range(len(data.roles[role]))]
     return out
 
 

@@ -129,6 +129,10 @@ class Dist:
         """The optimizer to step while ``adapter`` trains (one process: the optimizer itself)."""
         return nullcontext(optimizer)
 
+    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
+        """Wrap a micro-batch's forward and backward; gradients are synchronised at ``last``."""
+        return nullcontext()
+
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
@@ -171,6 +175,7 @@ class AccelerateDist(Dist):
                 "distributed backend; without GPUs set ACCELERATE_USE_CPU=true (gloo), see "
                 "docs/scaling.md"
             )
+        self._wrapped: nn.Module | None = None
         device = self.accelerator.device  # "cpu:0" under gloo, which safetensors rejects
         self.device = torch.device("cpu") if device.type == "cpu" else device
 
@@ -200,11 +205,20 @@ class AccelerateDist(Dist):
             p.requires_grad_(id(p) in trained)
         wrapped, stepper = self.accelerator.prepare(module, optimizer)
         policy.grad_logprobs = RowSharded(self, policy, wrapped)
+        self._wrapped = wrapped
         try:
             yield stepper
         finally:
             policy.grad_logprobs = None
+            self._wrapped = None
             self.accelerator.free_memory()  # drops the DDP wrapper and the optimizer wrapper
+
+    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
+        """DDP's ``no_sync`` for all but the last micro-batch of a step (it must wrap the
+        forward as well as the backward): one all-reduce per optimizer step."""
+        if last or self._wrapped is None:
+            return nullcontext()
+        return cast(AbstractContextManager[Any], self.accelerator.no_sync(self._wrapped))
 
     def backward(self, loss: torch.Tensor) -> None:
         """Every rank holds the whole minibatch loss, with gradients through its own rows only

@@ -34,7 +34,7 @@ from nlhf.policies.lm import LMPolicy
 from nlhf.trainer.base import LLMAlgorithm, RoundContext, phase_metrics
 from nlhf.trainer.data import Comparison, RoundData, Source
 from nlhf.trainer.dist import sharded_logprobs
-from nlhf.trainer.fit import fit
+from nlhf.trainer.fit import Micro, fit
 
 
 class ENPO(LLMAlgorithm):
@@ -92,7 +92,8 @@ def step_a(policy: LMPolicy, data: RoundData, score_y: np.ndarray, score_y2: np.
     fresh_of_prompt = [comp.index(pos, n_comparators - 1) for pos in range(len(data.prompt_ids))]
     sa, sb = data.tensor(score_y), data.tensor(score_y2)
 
-    def loss_fn(idx: list[int], extra: list[int]) -> torch.Tensor:
+    def loss_fn(m: Micro) -> torch.Tensor:
+        idx, extra = m.items, m.extra
         pa, ra = data.seqs("policy", idx)
         pb, rb = data.seqs("adversary", idx)
         pf, rf = data.seqs("comparator", [fresh_of_prompt[i] for i in extra])
@@ -106,6 +107,7 @@ def step_a(policy: LMPolicy, data: RoundData, score_y: np.ndarray, score_y2: np.
             data.logp("policy", "pi_t", idx), data.logp("adversary", "pi_t", idx),
             sa[idx], sb[idx], h.eta, h.tau, h.alpha,
             logp_fresh=lp[2 * n:] if pf else None,
+            norm=float(len(m.batch)), fresh_norm=float(max(1, len(m.batch_extra))),
         )
 
     n_fresh = len(fresh_of_prompt) if h.alpha > 0 else 0
@@ -153,13 +155,15 @@ def step_b(policy: LMPolicy, data: RoundData, ctx: RoundContext) -> dict[str, An
         labels = data.tensor(np.ones(len(win)))
     old_w, old_l = old[win], old[lose]
 
-    def loss_fn(idx: list[int], _: list[int]) -> torch.Tensor:
+    def loss_fn(m: Micro) -> torch.Tensor:
+        idx = m.items
         pw, rw = data.seqs("comparator", [w_idx[i] for i in idx])
         pl, rl = data.seqs("comparator", [l_idx[i] for i in idx])
         lp = policy.sequence_logprobs(pw + pl, rw + rl, "adversary", grad=True,
                                       batch_size=2 * len(idx))
         n = len(idx)
-        return denpo_step_b_loss(lp[:n], lp[n:], old_w[idx], old_l[idx], h.beta, labels[idx])
+        return denpo_step_b_loss(lp[:n], lp[n:], old_w[idx], old_l[idx], h.beta, labels[idx],
+                                 norm=float(len(m.batch)))
 
     stats = fit(policy, "adversary", len(win), loss_fn, ctx.cfg.train, ctx.seed("step_b"),
                 progress=ctx.progress, desc=f"step B (iter {ctx.iteration})",

@@ -3,17 +3,24 @@
 Why a fresh optimizer per phase: each round solves its own argmin problem (SPEC §2), and a
 phase that restarts after a kill must start from exactly what the uninterrupted run had, so
 no optimizer state may outlive a phase. Shuffles and dropout are seeded at the phase start.
+
+Each minibatch is forwarded and back-propagated in micro-batches of ``opt.micro_batch_size``
+items (gradient accumulation), so the activation memory is that of a micro-batch. The
+losses take the whole minibatch's denominator (``norm``, see :mod:`nlhf.losses`), so the
+accumulated gradient is the minibatch gradient exactly (up to float rounding).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from nlhf.batching import even_batches
 from nlhf.policies.loading import set_seed
 from nlhf.trainer.data import bar
 from nlhf.trainer.dist import SINGLE, Dist, trained_module
@@ -24,8 +31,32 @@ if TYPE_CHECKING:
     from nlhf.config import TrainOptConfig
     from nlhf.policies.lm import LMPolicy
 
-#: loss_fn(item indices, extra-item indices) -> scalar loss of one minibatch.
-LossFn = Callable[[list[int], list[int]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Micro:
+    """One micro-batch: its items and extra items, and those of its whole minibatch.
+
+    A loss computed on ``items`` with the minibatch's denominator (e.g. ``len(batch)``) is
+    this micro-batch's share of the minibatch loss.
+    """
+
+    items: list[int]
+    extra: list[int]
+    batch: list[int]
+    batch_extra: list[int]
+
+
+#: loss_fn(micro-batch) -> its share of the minibatch loss (the shares add up to it).
+LossFn = Callable[[Micro], torch.Tensor]
+
+
+def micro_batches(items: list[int], extra: list[int], size: int) -> list[Micro]:
+    """Split a minibatch into micro-batches of ``size`` items (0: one), extras spread evenly."""
+    parts = even_batches(items, size)
+    extra_parts = np.array_split(np.asarray(extra, dtype=np.int64), len(parts))
+    return [Micro(part, [int(e) for e in ex], items, extra)
+            for part, ex in zip(parts, extra_parts, strict=True)]
 
 
 @contextmanager
@@ -81,11 +112,17 @@ def fit(
             extra_parts = np.array_split(np.asarray(extra, dtype=np.int64), n_batches)
             for b in range(n_batches):
                 stepper.zero_grad(set_to_none=True)
-                loss = loss_fn(order[b * bs:(b + 1) * bs], [int(i) for i in extra_parts[b]])
-                dist.backward(loss)
+                parts = micro_batches(order[b * bs:(b + 1) * bs],
+                                      [int(i) for i in extra_parts[b]], opt.micro_batch_size)
+                loss = 0.0
+                for k, part in enumerate(parts):
+                    with dist.accumulating(last=k == len(parts) - 1):
+                        share = loss_fn(part)
+                        dist.backward(share)
+                    loss += float(share.detach())
                 norm = dist.clip_grad_norm(params, opt.max_grad_norm)
                 stepper.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss)
                 norms.append(float(norm))
                 pb.advance(task)
                 if on_step is not None:
