@@ -91,9 +91,11 @@ def merge_caches(caches: Sequence[Any], width: int, order: torch.Tensor) -> Any:
     """
     merged = caches[0]
     for layer, parts in enumerate(zip(*(cache_tensors(c) for c in caches), strict=True)):
-        keys = torch.cat([F.pad(k, (0, 0, width - k.shape[-2], 0)) for k, _ in parts])[order]
-        values = torch.cat([F.pad(v, (0, 0, width - v.shape[-2], 0)) for _, v in parts])
-        set_cache_tensors(merged, layer, keys, values[order])
+        keys, values = (
+            torch.cat([F.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors])[order]
+            for tensors in zip(*parts, strict=True)
+        )
+        set_cache_tensors(merged, layer, keys, values)
     return merged
 
 
@@ -382,7 +384,8 @@ class LMPolicy:
         ).logits
         logits = at_least_fp32(logits)
         picked = logits.gather(-1, r_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        token_lp = picked - torch.logsumexp(logits, dim=-1)
+        # logsumexp a few rows at a time: its exp() temporary is as large as the logits.
+        token_lp = picked - torch.cat([torch.logsumexp(part, dim=-1) for part in logits.split(4)])
         return total + torch.where(r_mask.bool(), token_lp, torch.zeros_like(token_lp)).sum(-1)
 
     # -- saving, loading, copying ------------------------------------------------------------
