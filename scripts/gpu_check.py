@@ -197,7 +197,9 @@ def train_config(shape: Shape, work: Path, dtype: str, seed: int) -> Any:
                  "heldout": 1, "max_prompt_chars": 100_000},
         "rollout": {"backend": "hf", "max_new_tokens": shape.max_new_tokens,
                     "temperature": 1.0, "top_p": 1.0, "batch_size": shape.rollout_batch},
-        "train": {"learning_rate": 3e-4, "epochs": 1, "batch_size": shape.train_batch},
+        # Whole minibatches per forward: a GPU wants big matmuls (micro-batches save memory).
+        "train": {"learning_rate": 3e-4, "epochs": 1, "batch_size": shape.train_batch,
+                  "micro_batch_size": 0},
         "judge": {"type": "criteria", "criteria": ["length", "diversity", "structure"]},
     })
 
