@@ -20,15 +20,13 @@ Prints a table and writes JSON (default ``benchmarks/results/generation_mfu.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchjson import write_result
 from nlhf.policies.loading import load_model_and_tokenizer
 from nlhf.prompts import load_prompts
 
@@ -152,31 +150,21 @@ def main() -> None:
         f"\nload average (1, 5, 15 min): before {load_before}, after {load_after}; "
         f"wall {time.perf_counter() - wall:.0f} s"
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "model": args.model,
-                "n_params": n_params,
-                "threads": args.threads,
-                "max_new_tokens": args.max_new_tokens,
-                "peak_flops": peak_flops,
-                "matmul_peak": peak,
-                "matmul_peak_after": peak_matmul_after,
-                "rows": rows,
-                "loadavg_before": load_before,
-                "loadavg_after": load_after,
-                "machine": {
-                    "platform": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "torch": torch.__version__,
-                },
-            },
-            indent=1,
-        )
+    write_result(
+        args.out,
+        {
+            "model": args.model,
+            "n_params": n_params,
+            "threads": args.threads,
+            "max_new_tokens": args.max_new_tokens,
+            "peak_flops": peak_flops,
+            "matmul_peak": peak,
+            "matmul_peak_after": peak_matmul_after,
+            "rows": rows,
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,11 @@ against the smallest setting measured in the same invocation, so machine speed c
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 
+from benchjson import write_result
 from nlhf.algorithms import LabSettings
 from nlhf.simulate import build_specs, paper_claims_experiment, run_experiment, run_one
 
@@ -66,20 +63,7 @@ def main() -> None:
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
         print(f"{r['what']:<64} {r['seconds']:>9.2f} {ratio:>10}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "machine": platform.machine(),
-                "cpus": os.cpu_count(),
-                "torch": torch.__version__,
-            },
-            indent=1,
-        )
-    )
-    print(f"wrote {out}")
+    write_result(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":

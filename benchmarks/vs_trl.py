@@ -36,7 +36,6 @@ import argparse
 import functools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from benchjson import write_result
 
 SYSTEMS = ("trl", "online-dpo", "enpo")
 ROOT = Path(__file__).resolve().parent.parent
@@ -763,9 +764,6 @@ def main() -> None:
             print(f"{name:<11} " + "  ".join(
                 f"{k} {v['median']:.2f} [{v['min']:.2f}, {v['max']:.2f}]"
                 for k, v in keys.items()))
-    import torch
-    import transformers
-
     payload = {
         "settings": asdict(s),
         "prompts": prompts,
@@ -777,28 +775,8 @@ def main() -> None:
         "goals": {"throughput_vs_trl": ">= 1.5", "peak_rss_vs_trl": "<= 0.7"},
         "loadavg_before": load_before,
         "loadavg_after": load_after,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": _version("trl"),
-            "peft": _version("peft"),
-        },
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1))
-    print(f"wrote {out}")
-
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+    write_result(args.out, payload, ("transformers", "trl", "peft"))
 
 
 if __name__ == "__main__":

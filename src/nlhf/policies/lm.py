@@ -65,6 +65,13 @@ def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def distinct_prompts(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts (first-seen order) and, for each row, its prompt's index there."""
+    index: dict[tuple[int, ...], int] = {}
+    owner = [index.setdefault(tuple(p), len(index)) for p in prompts]
+    return [list(p) for p in index], owner
+
+
 def length_groups(lengths: Sequence[int], max_padding: float = 0.2) -> list[list[int]]:
     """Consecutive groups of ``lengths`` (sorted longest first) whose left padding stays
     under ``max_padding`` of each group's tokens: the forward batches of a set of prompts."""
@@ -92,11 +99,20 @@ def merge_caches(caches: Sequence[Any], width: int, order: torch.Tensor) -> Any:
     merged = caches[0]
     for layer, parts in enumerate(zip(*(cache_tensors(c) for c in caches), strict=True)):
         keys, values = (
-            torch.cat([F.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors])[order]
+            _join([_pad_left(t, width) for t in tensors])[order]
             for tensors in zip(*parts, strict=True)
         )
         set_cache_tensors(merged, layer, keys, values)
     return merged
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Keys or values (batch, heads, length, dim) zero-padded on the left to ``width``."""
+    return t if t.shape[-2] == width else F.pad(t, (0, 0, width - t.shape[-2], 0))
+
+
+def _join(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -356,10 +372,9 @@ class LMPolicy:
         row's value does not depend on its batch companions (up to float rounding).
         Gradients flow through both passes (the prompt's keys and values depend on LoRA).
         """
-        distinct: dict[tuple[int, ...], int] = {}
-        owner = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+        uniq, owner = distinct_prompts(prompts)
         pad = self.pad_token_id
-        last_logits, cache, p_mask = self.forward_prompts(model, list(distinct))
+        last_logits, cache, p_mask = self.forward_prompts(model, uniq)
         rows = torch.tensor(owner, device=self.device)
         lengths = torch.tensor([len(r) for r in responses], device=self.device)
         first = torch.tensor([r[0] if len(r) else pad for r in responses], device=self.device)

@@ -1,8 +1,8 @@
 """Sampling with Hugging Face `generate`: KV cache, left padding, reproducible per batch.
 
 At temperature 1 and top-p 1 the samples come from the policy itself, so the log-prob of
-each response under pi_t is read off the generation logits here; the trainer then needs no
-second forward pass for the pi_t term of its losses.
+each response under pi_t is recorded while sampling (:class:`Sampler`); the trainer then
+needs no second forward pass for the pi_t term of its losses.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from rich.progress import (
 )
 
 from nlhf.batching import even_batches
-from nlhf.policies.lm import left_pad
+from nlhf.policies.lm import distinct_prompts, left_pad
 
 if TYPE_CHECKING:
     from nlhf.policies.lm import LMPolicy
@@ -91,16 +91,19 @@ class Sampler:
     share their noise: close policies give identical responses, which makes `nlhf eval`'s
     comparison with the reference a paired one (ties). (Inverse-CDF sampling is a little
     faster but couples far less.) It returns scores that are 0 at the drawn token and -inf
-    elsewhere, so greedy `generate` keeps exactly that token, and it records the token's
-    log-prob under the scores `generate` gives it (the model's logits) at that step, so no
-    step's logits need to be kept: the trainer uses them when the sampling distribution is
-    the policy itself (temperature 1, top-p 1). Temperature <= 0 picks the argmax.
+    elsewhere, so greedy `generate` keeps exactly that token. With ``record`` it keeps the
+    token's log-prob under the scores `generate` gives it (the model's logits) at that step,
+    so no step's logits need to be kept: the trainer uses them when the sampling
+    distribution is the policy itself (temperature 1, top-p 1). Temperature <= 0 picks the
+    argmax.
     """
 
-    def __init__(self, temperature: float, top_p: float, generator: torch.Generator) -> None:
+    def __init__(self, temperature: float, top_p: float, generator: torch.Generator,
+                 *, record: bool = True) -> None:
         self.temperature = temperature
         self.top_p = top_p
         self.generator = generator
+        self.record = record
         self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -114,8 +117,9 @@ class Sampler:
                 probs = _nucleus(probs, self.top_p)
             race = torch.empty_like(probs).exponential_(generator=self.generator)
             tokens = (probs / race).argmax(-1, keepdim=True)
-        self.logprobs.append(
-            (logits.gather(-1, tokens) - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0])
+        if self.record:
+            self.logprobs.append(
+                (logits.gather(-1, tokens) - torch.logsumexp(logits, dim=-1, keepdim=True))[:, 0])
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, tokens, 0.0)
 
@@ -196,7 +200,7 @@ def generate_batches(
             ids, mask = ids.to(policy.device), mask.to(policy.device)
             shared = _shared_prefill(policy, model, prompts)
             generator = torch.Generator(policy.device).manual_seed(batch_seed(seed, b))
-            sampler = Sampler(temperature, top_p, generator)
+            sampler = Sampler(temperature, top_p, generator, record=exact)
             out = model.generate(  # type: ignore[operator]
                 input_ids=ids, attention_mask=mask, generation_config=config,
                 logits_processor=[sampler], **shared,
@@ -219,8 +223,7 @@ def _shared_prefill(policy: LMPolicy, model: Any, prompts: list[list[int]]) -> d
     (in groups of similar length) and its rows share its cache: all but the last prompt
     token, which `generate` feeds itself. Returns {} when there is nothing to share.
     """
-    distinct: dict[tuple[int, ...], int] = {}
-    rows = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    distinct, rows = distinct_prompts(prompts)
     if len(distinct) == len(prompts) or min(len(p) for p in distinct) < 2:
         return {}
     _, cache, _ = policy.forward_prompts(model, [p[:-1] for p in distinct])
