@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from benchjson import write_result
-from nlhf.policies.loading import load_model_and_tokenizer
-from nlhf.prompts import load_prompts
+from nlhf.llm.policy.loading import load_model_and_tokenizer
+from nlhf.llm.prompts import load_prompts
 
 
 def matmul_peak(n: int = 2048, loops: int = 8, repeats: int = 3) -> dict[str, float]:

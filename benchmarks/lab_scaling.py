@@ -14,8 +14,8 @@ import time
 import torch
 
 from benchjson import write_result
-from nlhf.algorithms import LabSettings
-from nlhf.simulate import build_specs, paper_claims_experiment, run_experiment, run_one
+from nlhf.lab.algorithms import LabSettings
+from nlhf.lab.simulate import build_specs, paper_claims_experiment, run_experiment, run_one
 
 
 def time_preset() -> float:

@@ -12,7 +12,7 @@ Systems:
 
 - ``trl``: ``trl.experimental.online_dpo.OnlineDPOTrainer``, one epoch over the N prompts
   (2 completions per prompt), LoRA via ``peft_config``, ``gradient_checkpointing=False``.
-- ``online-dpo``: ``nlhf.train.train`` with ``algorithm: online-dpo``, one iteration.
+- ``online-dpo``: ``nlhf.llm.loop.train`` with ``algorithm: online-dpo``, one iteration.
 - ``enpo``: the same with ``algorithm: enpo`` (DENPO: Step A + Step B), one iteration.
 
 The judge is the criteria judge (``make_judge({"type": "criteria"})``) in every system. TRL's
@@ -80,9 +80,9 @@ class Settings:
 
 
 def pick_prompts(s: Settings) -> list[str]:
-    """The N prompts that nlhf's round 1 trains on (same split and draw as ``nlhf.train``)."""
-    from nlhf.prompts import load_prompts, split_prompts
-    from nlhf.trainer.data import round_prompts
+    """The N prompts that nlhf's round 1 trains on (same split and draw as ``nlhf.llm.loop``)."""
+    from nlhf.llm.prompts import load_prompts, split_prompts
+    from nlhf.llm.samples import round_prompts
 
     train, _ = split_prompts(load_prompts("builtin"), s.heldout, s.seed)
     return [text for _, text in round_prompts(list(enumerate(train)), s.prompts, s.seed, 1)]
@@ -137,7 +137,7 @@ def common_timers() -> Timers:
     import torch
     from transformers.generation.utils import GenerationMixin
 
-    from nlhf.judges.base import Judge
+    from nlhf.llm.judges.base import Judge
 
     t = Timers()
     t.wrap(GenerationMixin, "generate", "hf_generate")
@@ -216,8 +216,8 @@ def child_trl(s: Settings, prompts: list[str], workdir: Path) -> dict[str, Any]:
     from peft import LoraConfig
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-    from nlhf.judges import make_judge
-    from nlhf.policies.loading import load_model_and_tokenizer
+    from nlhf.llm.judges import make_judge
+    from nlhf.llm.policy.loading import load_model_and_tokenizer
 
     set_threads(s.threads)
     timers = common_timers()
@@ -374,8 +374,8 @@ def nlhf_config(s: Settings, algorithm: str, run_dir: Path) -> dict[str, Any]:
 
 def used_prompts(run_dir: Path) -> list[str]:
     """The prompt texts of round 1's policy samples, read back from the run store."""
-    from nlhf.store import RunStore
-    from nlhf.trainer.rundir import RunDir
+    from nlhf.llm.rundir import RunDir
+    from nlhf.llm.store import RunStore
 
     store = RunStore(RunDir(run_dir).store)
     try:
@@ -387,13 +387,13 @@ def used_prompts(run_dir: Path) -> list[str]:
 
 
 def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path) -> dict[str, Any]:
-    """``nlhf.train.train`` for one iteration of ``algorithm``."""
+    """``nlhf.llm.loop.train`` for one iteration of ``algorithm``."""
     import torch
 
-    import nlhf.train
-    from nlhf.config import validate_config
-    from nlhf.policies.lm import LMPolicy
-    from nlhf.train import train
+    import nlhf.llm.loop
+    from nlhf.llm.config import validate_config
+    from nlhf.llm.loop import train
+    from nlhf.llm.policy.lm import LMPolicy
 
     set_threads(s.threads)
     timers = common_timers()
@@ -405,8 +405,8 @@ def child_nlhf(s: Settings, algorithm: str, prompts: list[str], workdir: Path) -
     # The round's wall time: its phases plus reading/writing the store around them (private
     # names: without them the round time falls back to the trainer's time_iteration).
     for attr, key in (("_round", "round"), ("_finish_round", "finish_round")):
-        if hasattr(nlhf.train, attr):
-            timers.wrap(nlhf.train, attr, key)
+        if hasattr(nlhf.llm.loop, attr):
+            timers.wrap(nlhf.llm.loop, attr, key)
     rss = PhaseRss(timers)
     rss_imports = self_maxrss_mb()
     run_dir = workdir / algorithm
@@ -487,8 +487,8 @@ def child_main(
             "torch",
             "transformers.generation.utils",
             "peft",
-            "nlhf.train",
-            "nlhf.judges.criteria",
+            "nlhf.llm.loop",
+            "nlhf.llm.judges.criteria",
             *(("datasets", "trl.experimental.online_dpo") if system == "trl" else ()),
         ):
             importlib.import_module(module)

@@ -10,7 +10,7 @@ What it does, in order:
    in ``--dtype`` and saves it with the tokenizer as safetensors to a temp folder;
 3. times a matmul loop, the measured peak (CUDA: bf16 8192³; CPU: fp32 256³), and warms
    the kernels up (a short generate, forward and backward);
-4. runs ``nlhf.train.train`` for one ENPO iteration on that folder (``model.name`` = the
+4. runs ``nlhf.llm.loop.train`` for one ENPO iteration on that folder (``model.name`` = the
    folder, LoRA r=16 on q/k/v/o, judge ``criteria`` with the text-only criteria
    ``[length, diversity, structure]``: deterministic, no model, no download);
 5. reads the trainer's ``time_*`` metrics and the run store, and reports:
@@ -184,7 +184,7 @@ def warm_up(model: Any, shape: Shape, device: torch.device) -> None:
 
 def train_config(shape: Shape, work: Path, dtype: str, seed: int) -> Any:
     """The one-iteration ENPO config of the check (run dir and prompts under ``work``)."""
-    from nlhf.config import TrainConfig
+    from nlhf.llm.config import TrainConfig
 
     return TrainConfig.model_validate({
         "run_dir": str(work / "run"), "seed": seed, "iterations": 1, "algorithm": "enpo",
@@ -206,8 +206,8 @@ def train_config(shape: Shape, work: Path, dtype: str, seed: int) -> Any:
 
 def token_counts(run_dir: Path, cfg: Any, tokenizer: Any) -> dict[str, int]:
     """Tokens (prompt + response, no padding) that each phase pushed through the model."""
-    from nlhf.store import RunStore
-    from nlhf.trainer.rundir import RunDir
+    from nlhf.llm.rundir import RunDir
+    from nlhf.llm.store import RunStore
 
     h = cfg.hparams
     with RunStore(RunDir(run_dir).store) as store:
@@ -344,8 +344,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import peft
     import transformers
 
-    import nlhf.policies.lm as lm
-    from nlhf.train import train
+    import nlhf.llm.policy.lm as lm
+    from nlhf.llm.loop import train
 
     transformers.utils.logging.disable_progress_bar()  # no weight-loading bars in the log
     shape = TINY if args.tiny else Shape()
@@ -365,7 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
     try:
-        from nlhf.policies.loading import torch_dtype
+        from nlhf.llm.policy.loading import torch_dtype
 
         dtype = torch_dtype(dtype_name)
         start = time.perf_counter()

@@ -19,7 +19,7 @@ torch.set_num_threads(int(os.environ.get("NLHF_TEST_THREADS", "1")))
 @pytest.fixture(scope="session")
 def tiny_parts() -> tuple[Any, Any]:
     """(tokenizer, base model) of the tiny random model; never mutate, deep-copy instead."""
-    from nlhf.policies import TINY_MODEL, load_model_and_tokenizer
+    from nlhf.llm.policy import TINY_MODEL, load_model_and_tokenizer
 
     return load_model_and_tokenizer(TINY_MODEL, seed=0)
 
@@ -27,7 +27,7 @@ def tiny_parts() -> tuple[Any, Any]:
 @pytest.fixture
 def make_policy(tiny_parts: tuple[Any, Any]) -> Callable[..., Any]:
     """Factory for a fresh LMPolicy on a private copy of the tiny base model."""
-    from nlhf.policies import LMPolicy
+    from nlhf.llm.policy import LMPolicy
 
     tokenizer, model = tiny_parts
 
@@ -41,7 +41,7 @@ def make_policy(tiny_parts: tuple[Any, Any]) -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def tiny_policy(tiny_parts: tuple[Any, Any]) -> Any:
     """A read-only tiny policy whose adapters differ from the reference and from each other."""
-    from nlhf.policies import LMPolicy
+    from nlhf.llm.policy import LMPolicy
 
     tokenizer, model = tiny_parts
     policy = LMPolicy(tokenizer, copy.deepcopy(model), device="cpu")

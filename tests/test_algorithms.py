@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nlhf.algorithms import ALGORITHMS, ENPO, OMD, LabSettings
-from nlhf.algorithms.buffer import PairBuffer
-from nlhf.algorithms.exploration import EllipticalOracle
-from nlhf.games import gap, gbpm, needle, solve_nash
+from nlhf.lab.algorithms import ALGORITHMS, ENPO, OMD, LabSettings
+from nlhf.lab.algorithms.buffer import PairBuffer
+from nlhf.lab.algorithms.exploration import EllipticalOracle
+from nlhf.lab.games import gap, gbpm, needle, solve_nash
 
 
 class _NoPreferences:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nlhf.config import TrainConfig, dump_config, load_config, parse_overrides
 from nlhf.errors import NLHFInputError
-from nlhf.plan import format_plan, make_plan
+from nlhf.llm.config import TrainConfig, dump_config, load_config, parse_overrides
+from nlhf.llm.plan import format_plan, make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "llama3-8b-enpo.yaml"

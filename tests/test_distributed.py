@@ -26,8 +26,8 @@ import yaml
 from safetensors.torch import load_file
 
 from nlhf.errors import NLHFInputError
-from nlhf.store import RunStore
-from nlhf.trainer.dist import AccelerateDist
+from nlhf.llm.distributed import AccelerateDist
+from nlhf.llm.store import RunStore
 
 PROMPTS = [
     "Explain why the sky is blue.", "Write a haiku about autumn.", "What is 2+2? Answer briefly.",

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from nlhf.config import TrainConfig, dump_config
 from nlhf.errors import NLHFInputError
+from nlhf.llm.config import TrainConfig, dump_config
 from nlhf.stats import bootstrap_interval, mean_interval, t_interval, wilson_interval
 
 # Three criteria without the MiniLM one: a real vote, no model load.
@@ -67,9 +67,9 @@ def _perturb(policy: Any, adapter: str, seed: int, scale: float = 0.3) -> None:
 
 
 def make_run(root: Path, *, iterations: int = 3, **overrides: Any) -> Path:
-    """A run directory laid out as `nlhf.train` writes it, with perturbed tiny adapters."""
-    from nlhf.evaluate import load_policy
-    from nlhf.store import RunStore
+    """A run directory laid out as `nlhf.llm.loop` writes it, with perturbed tiny adapters."""
+    from nlhf.llm.evaluate import load_policy
+    from nlhf.llm.store import RunStore
 
     raw: dict[str, Any] = {
         "run_dir": str(root), "seed": 0, "iterations": iterations,
@@ -111,7 +111,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
 
 
 def test_last_vs_reference(run_dir: Path) -> None:
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     res = evaluate(run_dir, progress=False)
     assert res["name"] == "last_vs_reference"
@@ -151,7 +151,7 @@ def test_last_vs_reference(run_dir: Path) -> None:
 
 
 def test_average_iterate_draws_among_iterates(run_dir: Path) -> None:
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     res = evaluate(run_dir, iterate="average", n_prompts=6, progress=False)
     choices = res["policy"]["iterate_choices"]
@@ -165,7 +165,7 @@ def test_average_iterate_draws_among_iterates(run_dir: Path) -> None:
 
 
 def test_given_iterate_and_n_prompts(run_dir: Path) -> None:
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     res = evaluate(run_dir, iterate="2", n_prompts=3, progress=False)
     assert res["name"] == "iter2_vs_reference" and res["policy_iteration"] == 2
@@ -178,7 +178,7 @@ def test_given_iterate_and_n_prompts(run_dir: Path) -> None:
 def test_self_play_is_exactly_half(run_dir: Path, tmp_path: Path) -> None:
     """A run against itself: same seed and batching give identical responses, and every
     judge scores identical texts 1/2 exactly. A tempered run also flags its KL number."""
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     hot = _copy_run(run_dir, tmp_path / "tempered")
     cfg = TrainConfig.model_validate({**json.loads(json.dumps(_raw(hot))),
@@ -204,7 +204,7 @@ def _raw(run: Path) -> dict[str, Any]:
 
 def test_judge_override_names_the_file(run_dir: Path) -> None:
     """The MiniLM criteria judge (~4 s to load) instead of the training one."""
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     res = evaluate(run_dir, judge={"type": "criteria"}, n_prompts=2, progress=False)
     assert res["name"] == "last_vs_reference_criteria"
@@ -217,7 +217,7 @@ def test_judge_override_names_the_file(run_dir: Path) -> None:
 
 
 def test_bad_run_dirs(tmp_path: Path, run_dir: Path) -> None:
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     def one_line(exc: pytest.ExceptionInfo[NLHFInputError]) -> str:
         msg = str(exc.value)
@@ -251,7 +251,7 @@ def test_bad_run_dirs(tmp_path: Path, run_dir: Path) -> None:
 
 
 def test_against_other_base_model(tmp_path: Path, run_dir: Path) -> None:
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     other = _copy_run(run_dir, tmp_path / "other")
     dump_config(TrainConfig.model_validate({**_raw(other), "seed": 5}), other / "config.yaml")
@@ -262,8 +262,8 @@ def test_against_other_base_model(tmp_path: Path, run_dir: Path) -> None:
 
 
 def test_report_reads_real_evals(run_dir: Path) -> None:
-    from nlhf.evaluate import evaluate
-    from nlhf.report import report
+    from nlhf.llm.evaluate import evaluate
+    from nlhf.llm.report import report
 
     evaluate(run_dir, iterate="1", n_prompts=2, progress=False)
     md = report(run_dir).read_text()
@@ -273,7 +273,7 @@ def test_report_reads_real_evals(run_dir: Path) -> None:
 
 def test_against_run_with_other_lora_shape(run_dir: Path, tmp_path: Path) -> None:
     """Same base, different LoRA rank: the opponent gets its own model instead of a slot."""
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     wide = make_run(tmp_path / "wide", iterations=1,
                     model={"name": "tiny-random", "lora": {"r": 8}})
@@ -287,7 +287,7 @@ def test_against_run_with_other_lora_shape(run_dir: Path, tmp_path: Path) -> Non
 
 def test_state_json_caps_the_iterates(run_dir: Path, tmp_path: Path) -> None:
     """An adapter saved for a round that never completed is not an iterate yet."""
-    from nlhf.evaluate import open_run, resolve_iterate
+    from nlhf.llm.evaluate import open_run, resolve_iterate
 
     run = _copy_run(run_dir, tmp_path / "killed")
     (run / "state.json").write_text(json.dumps({"last_completed_iteration": 2}))

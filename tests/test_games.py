@@ -10,7 +10,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 
 from nlhf.errors import NLHFInputError
-from nlhf.games import (
+from nlhf.lab.games import (
     Game,
     bt,
     cyclic,

@@ -11,7 +11,7 @@ import pytest
 
 from fake_openai import FakeOpenAI, free_port
 from nlhf.errors import NLHFInputError
-from nlhf.judges import (
+from nlhf.llm.judges import (
     JUDGES,
     CachedJudge,
     CriteriaJudge,
@@ -23,8 +23,8 @@ from nlhf.judges import (
     TabularJudge,
     make_judge,
 )
-from nlhf.judges.llm_judge import FALLBACK_CHAT_TEMPLATE
-from nlhf.store import RunStore
+from nlhf.llm.judges.llm_judge import FALLBACK_CHAT_TEMPLATE
+from nlhf.llm.store import RunStore
 
 PROMPT = "What causes the seasons on Earth?"
 # Ranked A > B > C by relevance, B > C > A by length, C > A > B by diversity: a Condorcet cycle.

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from nlhf.batching import even_batches
 from nlhf.errors import NLHFInputError
-from nlhf.policies import (
+from nlhf.llm.batching import even_batches
+from nlhf.llm.policy import (
     DEFAULT_MODEL,
     LMPolicy,
     LoraSettings,
@@ -20,7 +20,7 @@ from nlhf.policies import (
     loading,
     set_seed,
 )
-from nlhf.policies.lm import length_groups
+from nlhf.llm.policy.lm import length_groups
 
 RESPONSES = [[17, 23, 99, 2], [5], [300, 301, 302, 303, 304, 305, 2], [2], [44, 45]]
 
@@ -336,7 +336,7 @@ def test_real_smollm2_from_gguf_cache() -> None:
         assert torch.equal(model(input_ids=ids).logits, gguf(input_ids=ids).logits)
 
     # Real-model rollouts: the log-prob cached at generation equals a forward pass.
-    from nlhf.rollout import generate
+    from nlhf.llm.rollout import generate
 
     policy = LMPolicy(tok, model, device="cpu")
     prompts = [policy.encode_prompt("Name a colour."), policy.encode_prompt("Say hi.")]

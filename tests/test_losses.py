@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from scipy.special import expit, log_softmax, logit
 
 from nlhf import losses
-from nlhf.algorithms.base import newton_minimise
-from nlhf.algorithms.omd import omd_step
-from nlhf.games import cyclic, gbpm
+from nlhf.lab.algorithms.base import newton_minimise
+from nlhf.lab.algorithms.omd import omd_step
+from nlhf.lab.games import cyclic, gbpm
 
 TAU, ETA = 0.1, 0.5
 RIDGE = 1e-13  # only fixes the softmax-invariant constant

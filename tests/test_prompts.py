@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nlhf.errors import NLHFInputError
-from nlhf.prompts import load_prompts, split_prompts
+from nlhf.llm.prompts import load_prompts, split_prompts
 
 
 def _one_line_error(excinfo: pytest.ExceptionInfo[NLHFInputError]) -> str:
@@ -34,7 +34,7 @@ def test_builtin_set_is_large_unique_and_short() -> None:
 def test_builtin_file_has_ids_and_many_categories() -> None:
     from importlib import resources
 
-    text = resources.files("nlhf.data").joinpath("prompts.jsonl").read_text(encoding="utf-8")
+    text = resources.files("nlhf.llm.data").joinpath("prompts.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert [r["id"] for r in rows] == [f"p{i:04d}" for i in range(1, len(rows) + 1)]
     assert len({r["category"] for r in rows}) >= 15

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nlhf.config import TrainConfig, dump_config
 from nlhf.errors import NLHFInputError
+from nlhf.llm.config import TrainConfig, dump_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,7 +46,7 @@ def run(tmp_path: Path) -> Path:
 
 
 def test_report_with_metrics_and_evals(run: Path) -> None:
-    from nlhf.report import report
+    from nlhf.llm.report import report
 
     _fake_eval(run, "iter1_vs_reference", "iter1", 1, 0.52)
     _fake_eval(run, "iter2_vs_reference", "iter2", 2, 0.55)
@@ -71,7 +71,7 @@ def test_report_with_metrics_and_evals(run: Path) -> None:
 
 
 def test_report_without_evals_or_metrics(run: Path) -> None:
-    from nlhf.report import report
+    from nlhf.llm.report import report
 
     (run / "metrics.jsonl").write_text(json.dumps({"iteration": 1, "loss_policy": 0.3}) + "\n")
     md = report(run).read_text()
@@ -87,7 +87,7 @@ def test_report_without_evals_or_metrics(run: Path) -> None:
 
 
 def test_report_bad_run_dir(tmp_path: Path) -> None:
-    from nlhf.report import report
+    from nlhf.llm.report import report
 
     with pytest.raises(NLHFInputError, match="not a directory"):
         report(tmp_path / "missing")

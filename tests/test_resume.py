@@ -19,17 +19,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from nlhf.store import RunStore
-from nlhf.train import KILL_ENV
+from nlhf.llm.loop import KILL_ENV
+from nlhf.llm.store import RunStore
 from test_train import tiny_config
 
 SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(1)
-import nlhf.trainer.data as data
+import nlhf.llm.samples as data
 data.JUDGE_CHUNK = 4  # several judge chunks per round, so a kill can land between them
-from nlhf.config import TrainConfig
-from nlhf.train import train
+from nlhf.llm.config import TrainConfig
+from nlhf.llm.loop import train
 cfg = TrainConfig.model_validate(json.loads(sys.argv[1]))
 train(cfg, resume=sys.argv[2] == "resume", progress=False)
 """

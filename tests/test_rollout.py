@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from nlhf.policies import LMPolicy
-from nlhf.rollout import Sample, generate
-from nlhf.rollout.hf import Sampler, _cut_at_eos, batch_seed
+from nlhf.llm.policy import LMPolicy
+from nlhf.llm.rollout import Sample, generate
+from nlhf.llm.rollout.hf import Sampler, _cut_at_eos, batch_seed
 
 MAX_NEW = 10
 

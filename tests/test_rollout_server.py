@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from fake_openai import BASE_MODEL, EOS, FakeOpenAI, free_port
-from nlhf.config import TrainConfig, validate_config
 from nlhf.errors import NLHFInputError
-from nlhf.rollout import generate
-from nlhf.rollout.base import HFGenerator, make_generator, request_seed
-from nlhf.rollout.openai_server import GeneratorUnavailableError, OpenAIServerGenerator
-from nlhf.store import RunStore
+from nlhf.llm.config import TrainConfig, validate_config
+from nlhf.llm.rollout import generate
+from nlhf.llm.rollout.backends import make_generator
+from nlhf.llm.rollout.base import HFGenerator, request_seed
+from nlhf.llm.rollout.openai_server import GeneratorUnavailableError, OpenAIServerGenerator
+from nlhf.llm.store import RunStore
 
 BASE = BASE_MODEL
 EOS_FALLBACK = EOS
@@ -186,7 +187,7 @@ def test_served_backends_need_lora(make_policy):
 
 
 def test_vllm_backend_without_vllm_is_one_clear_error(tiny_policy, monkeypatch):
-    import nlhf.rollout.vllm_engine as engine
+    import nlhf.llm.rollout.vllm_engine as engine
 
     monkeypatch.setattr(engine, "vllm_available", lambda: False)
     expected = ("rollout.backend: vllm is not installed (GPU only: pip install vllm); "
@@ -215,7 +216,7 @@ def test_openai_backend_config_needs_a_server():
 def test_training_rounds_through_the_server(server, tmp_path):
     """ENPO, 2 rounds, rollouts from the fake server: adapters go by folder under per-round
     names before each generation, and the trainer computes every log-prob itself."""
-    from nlhf.train import train
+    from nlhf.llm.loop import train
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n"

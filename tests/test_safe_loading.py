@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlhf.config import TrainConfig
 from nlhf.errors import NLHFInputError
-from nlhf.judges import LLMJudge, RewardModelJudge
-from nlhf.policies import load_model_and_tokenizer
-from nlhf.policies.loading import local_model_path
-from nlhf.trainer.preflight import preflight
+from nlhf.llm.config import TrainConfig
+from nlhf.llm.judges import LLMJudge, RewardModelJudge
+from nlhf.llm.policy import load_model_and_tokenizer
+from nlhf.llm.policy.loading import local_model_path
+from nlhf.llm.preflight import preflight
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "nlhf"
 

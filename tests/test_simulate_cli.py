@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from nlhf.claims import check_claims
-from nlhf.games import fixed_point_residual, gbpm
+from nlhf.lab.claims import check_claims
+from nlhf.lab.games import fixed_point_residual, gbpm
 
 
 def nlhf(*args, timeout=600):

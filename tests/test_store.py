@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from nlhf.store import RunStore
+from nlhf.llm.store import RunStore
 
 
 def _gen(iteration: int, role: str, pid: int, k: int, text: str = "hi") -> dict:
@@ -85,7 +85,7 @@ def test_judge_calls_and_metrics(tmp_path):
 
 _WRITER = textwrap.dedent("""
     import sys
-    from nlhf.store import RunStore
+    from nlhf.llm.store import RunStore
     store = RunStore(sys.argv[1])
     it = 0
     while True:

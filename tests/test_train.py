@@ -12,16 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import nlhf.train
-from nlhf.config import TrainConfig, dump_config, load_config
+import nlhf.llm.loop
 from nlhf.errors import NLHFInputError
+from nlhf.llm.algorithms.base import RoundContext
+from nlhf.llm.algorithms.denpo import rank_pairs, step_a
+from nlhf.llm.config import TrainConfig, dump_config, load_config
+from nlhf.llm.loop import policy_iterates, sample_average_iterate, train
+from nlhf.llm.rundir import RunDir, run_lock
+from nlhf.llm.samples import RoleSamples, RoundData
+from nlhf.llm.store import RunStore
 from nlhf.losses import enpo_step_a_loss
-from nlhf.store import RunStore
-from nlhf.train import policy_iterates, sample_average_iterate, train
-from nlhf.trainer.base import RoundContext
-from nlhf.trainer.data import RoleSamples, RoundData
-from nlhf.trainer.enpo import rank_pairs, step_a
-from nlhf.trainer.rundir import RunDir, run_lock
 
 PROMPTS = [
     "Explain why the sky is blue.", "Write a haiku about autumn.", "What is 2+2? Answer briefly.",
@@ -222,7 +222,7 @@ def test_micro_batches_give_the_minibatch_gradient(tmp_path: Path, algorithm: st
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
     # float64 weights and log-probs, so that float rounding cannot hide a wrong denominator;
     # pi_t != pi_ref from the start, so that Nash-MD's importance weights are not all 1.
-    load = nlhf.train._load_policy
+    load = nlhf.llm.loop._load_policy
 
     def double(*args: Any, **kwargs: Any) -> Any:
         policy = load(*args, **kwargs)
@@ -232,7 +232,7 @@ def test_micro_batches_give_the_minibatch_gradient(tmp_path: Path, algorithm: st
             p.data = 0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype)
         return policy
 
-    monkeypatch.setattr(nlhf.train, "_load_policy", double)
+    monkeypatch.setattr(nlhf.llm.loop, "_load_policy", double)
     for micro in (0, 1):
         (tmp_path / f"micro{micro}").mkdir()
         cfg = tiny_config(tmp_path / f"micro{micro}", algorithm, iterations=1,

@@ -3,7 +3,7 @@ renamed over it, so a reader (or a process killed mid-write) sees the old versio
 one, never half of one.
 
 Temp names are ``.<name>.<random><suffix>`` for files (suffix ``.tmp`` unless given) and
-``.<name>.tmp-*`` / ``.<name>.old-*`` for folders; :func:`nlhf.trainer.rundir.remove_partial_writes`
+``.<name>.tmp-*`` / ``.<name>.old-*`` for folders; :func:`nlhf.llm.rundir.remove_partial_writes`
 relies on them to clean up after a kill.
 """
 

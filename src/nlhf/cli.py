@@ -60,11 +60,11 @@ def simulate(
     """Run algorithms on exact games with bandit feedback and measure their regret."""
     from dataclasses import replace
 
-    from nlhf.algorithms import LabSettings
     from nlhf.atomic import write_json_atomic
-    from nlhf.claims import check_claims
-    from nlhf.lab_report import summary_markdown, write_plots
-    from nlhf.simulate import PRESETS, Experiment, build_specs, run_experiment
+    from nlhf.lab.algorithms import LabSettings
+    from nlhf.lab.claims import check_claims
+    from nlhf.lab.report import summary_markdown, write_plots
+    from nlhf.lab.simulate import PRESETS, Experiment, build_specs, run_experiment
 
     command = "nlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if preset is not None:
@@ -124,7 +124,7 @@ def nash(
     tau: Annotated[float | None, typer.Option(help="KL parameter (else the file's 'tau')")] = None,
 ) -> None:
     """Solve the KL-regularised game exactly; print pi*, its gap and fixed-point residual."""
-    from nlhf.games import fixed_point_residual, gap, load_game, solve_nash
+    from nlhf.lab.games import fixed_point_residual, gap, load_game, solve_nash
 
     if tau is not None and tau <= 0:
         raise NLHFInputError(f"--tau must be > 0, got {tau}")
@@ -147,7 +147,7 @@ def train(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Train a language model with ENPO (DENPO) or a baseline."""
-    from nlhf.config import load_config, parse_overrides
+    from nlhf.llm.config import load_config, parse_overrides
 
     overrides = parse_overrides(set_ or [])
     if resume is not None:
@@ -160,11 +160,11 @@ def train(
     else:
         raise NLHFInputError("train: give --config FILE (or --resume RUN_DIR)")
     if dry_run:
-        from nlhf.plan import format_plan, make_plan
+        from nlhf.llm.plan import format_plan, make_plan
 
         typer.echo(format_plan(make_plan(cfg)))
         return
-    from nlhf.train import train as run_training
+    from nlhf.llm.loop import train as run_training
 
     run_dir = run_training(cfg, resume=resume is not None, progress=progress)
     if os.environ.get("RANK", "0") == "0":  # one line per launch, not per process
@@ -185,7 +185,7 @@ def eval_(
     """Win-rate of a run's policy against the reference or another run, with 95% CIs."""
     import yaml
 
-    from nlhf.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate
 
     spec = None
     if judge is not None:
@@ -206,7 +206,7 @@ def eval_(
 @app.command()
 def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     """Write report.md with plots for a training run."""
-    from nlhf.report import report as write_report
+    from nlhf.llm.report import report as write_report
 
     typer.echo(f"wrote {write_report(run)}")
 

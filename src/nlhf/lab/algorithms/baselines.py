@@ -1,0 +1,122 @@
+"""XPO, online DPO / IPO and SPPO on exact games.
+
+The DPO-family methods refit on every duel so far (iterative online DPO), aggregated as
+counts per (context, winner, loser) and passed to the shared loss as weights, so a round
+costs O(C·K²) whatever T is. SPPO regresses on the current round's samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nlhf.lab.algorithms.base import LabSettings, TabularAlgorithm, newton_minimise, sample_from
+from nlhf.lab.games.game import Game
+from nlhf.losses import online_dpo_loss, online_ipo_loss, sppo_loss, xpo_loss
+
+
+class _DuelCountsAlgorithm(TabularAlgorithm):
+    """Pairs from ``opponent_logp`` vs pi_t; every duel so far enters the loss as a count."""
+
+    def __init__(self, game: Game, settings: LabSettings, n_seeds: int, seed: int = 0) -> None:
+        super().__init__(game, settings, n_seeds, seed)
+        C, K = game.n_contexts, game.n_responses
+        self.counts = np.zeros((n_seeds, C, K, K))  # [b, c, winner, loser]
+        self.opponent_counts = np.zeros((n_seeds, C, K))
+        grid = np.indices((C, K, K)).reshape(3, -1)
+        self._c, self._w, self._l = grid
+
+    def opponent_logp(self) -> np.ndarray:
+        return self.logp
+
+    def pair_loss(self, lp, ref, w_idx, weight, opp_lp, opp_weight) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        st = self.settings
+        ctx = self.contexts(st.pairs)
+        y = sample_from(self.rng, self.logp, ctx)
+        y2 = sample_from(self.rng, self.opponent_logp(), ctx)
+        first = self.oracle.duel(ctx, y, y2) > 0
+        w, l = np.where(first, y, y2), np.where(first, y2, y)
+        seeds = np.repeat(np.arange(self.B)[:, None], st.pairs, axis=1)
+        np.add.at(self.counts, (seeds, ctx, w, l), 1.0)
+        np.add.at(self.opponent_counts, (seeds, ctx, y2), 1.0)
+        c, wi, li = (torch.as_tensor(a) for a in (self._c, self._w, self._l))
+        weights = torch.as_tensor(self.counts.reshape(self.B, -1))
+        opp_w = torch.as_tensor(self.opponent_counts.reshape(self.B, -1))
+        pair_loss = self.pair_loss
+
+        def objective(theta, ref, old, weight, opp_weight):
+            lp = torch.log_softmax(theta, -1)
+            value = pair_loss(lp, ref, (c, wi, li), weight, lp.reshape(-1), opp_weight)
+            return value + st.ridge * ((theta - old) ** 2).sum()
+
+        data = (*self.tensors(self.log_ref, self.logp), weights, opp_w)
+        self.logp = newton_minimise(objective, self.logp, data)
+
+
+class OnlineDPO(_DuelCountsAlgorithm):
+    name = "online-dpo"
+
+    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
+        c, w, l = idx
+        return online_dpo_loss(lp[c, w], lp[c, l], ref[c, w], ref[c, l], self.settings.tau, weight)
+
+
+class OnlineIPO(_DuelCountsAlgorithm):
+    name = "online-ipo"
+
+    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
+        c, w, l = idx
+        return online_ipo_loss(lp[c, w], lp[c, l], ref[c, w], ref[c, l], self.settings.tau, weight)
+
+
+class XPO(_DuelCountsAlgorithm):
+    """Xie et al. 2024: y ~ pi_t against ỹ ~ pi_ref, DPO plus the optimism term on ỹ."""
+
+    name = "xpo"
+
+    def opponent_logp(self) -> np.ndarray:
+        return self.log_ref
+
+    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
+        c, w, l = idx
+        return xpo_loss(
+            lp[c, w],
+            lp[c, l],
+            ref[c, w],
+            ref[c, l],
+            self.settings.tau,
+            self.settings.xpo_alpha,
+            opp_lp,
+            weight,
+            opp_weight,
+        )
+
+
+class SPPO(TabularAlgorithm):
+    """Wu et al. 2024: regress log pi/pi_t (y) on (P̂(y ≻ pi_t) − 1/2)/eta, P̂ from comparators."""
+
+    name = "sppo"
+
+    def step(self) -> None:
+        st = self.settings
+        eta = self.eta
+        ctx = self.contexts(st.pairs)
+        y = sample_from(self.rng, self.logp, ctx)
+        nz = st.comparators
+        ctx_z = np.repeat(ctx[..., None], nz, axis=-1).reshape(self.B, -1)
+        z = sample_from(self.rng, self.logp, ctx_z)
+        wins = self.oracle.duel(ctx_z, np.repeat(y[..., None], nz, axis=-1).reshape(self.B, -1), z)
+        win_rate = wins.reshape(self.B, -1, nz).mean(axis=-1)
+
+        def objective(theta, ctx, y, win_rate, old):
+            lp = torch.log_softmax(theta, -1)
+            return (
+                sppo_loss(lp[ctx, y], old[ctx, y], win_rate, eta)
+                + st.ridge * ((theta - old) ** 2).sum()
+            )
+
+        data = self.tensors(ctx, y, win_rate, self.logp)
+        self.logp = newton_minimise(objective, self.logp, data)

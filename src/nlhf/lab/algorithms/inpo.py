@@ -1,0 +1,41 @@
+"""INPO on an exact game: self-play pairs from pi_t, one duel each, the INPO regression."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nlhf.lab.algorithms.base import TabularAlgorithm, newton_minimise, omd_prior, sample_from
+from nlhf.losses import inpo_loss
+
+
+class INPO(TabularAlgorithm):
+    """Exploration is implicit: only responses pi_t samples ever get data."""
+
+    name = "inpo"
+    loss = staticmethod(inpo_loss)
+
+    def sampling_logp(self) -> np.ndarray:
+        """Where the self-play pairs come from (pi_t; Nash-MD overrides with its mixture)."""
+        return self.logp
+
+    def step(self) -> None:
+        st = self.settings
+        eta, tau = self.eta, st.tau
+        source = self.sampling_logp()
+        ctx = self.contexts(st.pairs)
+        y1, y2 = sample_from(self.rng, source, ctx), sample_from(self.rng, source, ctx)
+        first_wins = self.oracle.duel(ctx, y1, y2) > 0
+        w, l = np.where(first_wins, y1, y2), np.where(first_wins, y2, y1)
+        prior = omd_prior(self.logp, self.log_ref, tau, eta)
+        loss = self.loss
+
+        def objective(theta, ctx, w, l, ref, old, prior):
+            lp = torch.log_softmax(theta, -1)
+            value = loss(
+                lp[ctx, w], lp[ctx, l], ref[ctx, w], ref[ctx, l], old[ctx, w], old[ctx, l], eta, tau
+            )
+            return value + st.ridge * ((theta - prior) ** 2).sum()
+
+        data = self.tensors(ctx, w, l, self.log_ref, self.logp, prior)
+        self.logp = newton_minimise(objective, prior, data, quadratic=True)

@@ -1,0 +1,207 @@
+"""The tabular laboratory: run algorithms on exact games and measure regret (SPEC §3).
+
+Each (instance, algorithm, tau) run advances all seeds together; independent runs go to a
+process pool (one torch thread each), so a 2-core machine runs two at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from nlhf.errors import NLHFInputError
+from nlhf.lab.algorithms import ALGORITHMS, LabSettings
+from nlhf.lab.games import Game, gap, gap_per_context, load_game, make_instance, regret_curve
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of an experiment: every seed of one algorithm on one game at one tau."""
+
+    instance: str
+    algorithm: str
+    tau: float
+    T: int
+    seeds: int
+    settings: LabSettings
+    K: int = 8
+    c: float = 0.25
+    contexts: int = 1
+    game_file: str | None = None
+    game_seed: int = 0
+    seed: int = 0
+
+    def game(self) -> Game:
+        if self.game_file:
+            return load_game(self.game_file, tau=self.tau)
+        return make_instance(
+            self.instance, self.K, self.c, self.tau, seed=self.game_seed, contexts=self.contexts
+        )
+
+
+@dataclass
+class Experiment:
+    specs: list[RunSpec]
+    command: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
+    """Run every seed of ``spec``; one result row per seed."""
+    import torch
+
+    torch.set_num_threads(1)
+    game = spec.game()
+    algo = ALGORITHMS[spec.algorithm](game, spec.settings, spec.seeds, seed=spec.seed)
+    gaps = np.zeros((spec.seeds, spec.T))
+    start = time.perf_counter()
+    report_every = max(spec.T // 50, 1)
+    for t in range(spec.T):
+        gaps[:, t] = gap_per_context(game.P, game.ref, game.tau, algo.policy) @ game.d0
+        algo.run_round()
+        if progress_queue is not None and (t + 1) % report_every == 0:
+            progress_queue.put(report_every)
+    if progress_queue is not None:
+        progress_queue.put(spec.T % report_every)
+    elapsed = time.perf_counter() - start
+    last = algo.policy
+    average = getattr(algo, "average_policy", None)
+    rows = []
+    curves = regret_curve(gaps)
+    for b in range(spec.seeds):
+        curve = curves[b]
+        row = {
+            "instance": game.name if spec.game_file else spec.instance,
+            "algorithm": spec.algorithm,
+            "tau": spec.tau,
+            "eta": spec.settings.base_eta,
+            "seed": spec.seed + b,
+            "T": spec.T,
+            "final_regret": float(curve[-1]),
+            "final_gap_last": gap(game, last[b]),
+            "oracle_queries": algo.oracle.queries // spec.seeds,
+            "seconds": elapsed / spec.seeds,
+            "regret_curve": curve.tolist(),
+        }
+        if average is not None:
+            row["final_gap_average"] = gap(game, average[b])
+        rows.append(row)
+    return rows
+
+
+def run_experiment(exp: Experiment, workers: int | None = None, progress: bool = True) -> dict:
+    """Run all specs (in parallel where cores allow) and gather the results document."""
+    import multiprocessing as mp
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    for spec in exp.specs:
+        if spec.algorithm not in ALGORITHMS:
+            raise NLHFInputError(
+                f"--algorithms: unknown algorithm {spec.algorithm!r}; choose from "
+                f"{', '.join(ALGORITHMS)}"
+            )
+    workers = workers or min(len(exp.specs), os.cpu_count() or 1)
+    total = sum(s.T for s in exp.specs)
+    started = time.perf_counter()
+    rows: list[dict] = []
+    with mp.Manager() as manager:
+        queue = manager.Queue()
+        ctx = mp.get_context("spawn") if workers > 1 else None
+        with (
+            ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
+            Progress(
+                TextColumn("[bold]simulate"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} rounds"),
+                TimeElapsedColumn(),
+                disable=not progress,
+                transient=False,
+            ) as bar,
+        ):
+            task = bar.add_task("rounds", total=total)
+            futures = [pool.submit(run_one, spec, queue) for spec in exp.specs]
+            pending = set(futures)
+            while pending:
+                while not queue.empty():
+                    bar.advance(task, queue.get())
+                pending = {f for f in pending if not f.done()}
+                time.sleep(0.05)
+            while not queue.empty():
+                bar.advance(task, queue.get())
+            for fut in futures:
+                rows.extend(fut.result())
+    first = exp.specs[0]
+    return {
+        "runs": rows,
+        "instance": {
+            "names": sorted({s.instance for s in exp.specs}),
+            "K": first.K,
+            "c": first.c,
+            "contexts": first.contexts,
+            "game_file": first.game_file,
+            "game_seed": first.game_seed,
+        },
+        "settings": {k: v for k, v in asdict(first.settings).items() if k != "tau"},
+        "command": exp.command,
+        "wall_seconds": time.perf_counter() - started,
+        **exp.meta,
+    }
+
+
+def build_specs(
+    instances: list[str],
+    algorithms: list[str],
+    taus: list[float],
+    T: int,
+    seeds: int,
+    settings: LabSettings,
+    K: int,
+    c: float,
+    contexts: int = 1,
+    game_file: str | None = None,
+    game_seed: int = 0,
+    seed: int = 0,
+) -> list[RunSpec]:
+    if T < 1:
+        raise NLHFInputError(f"--T must be ≥ 1, got {T}")
+    if seeds < 1:
+        raise NLHFInputError(f"--seeds must be ≥ 1, got {seeds}")
+    if not taus or any(t <= 0 for t in taus):
+        raise NLHFInputError(f"--tau must be > 0, got {taus}")
+    return [
+        RunSpec(
+            inst,
+            alg,
+            tau,
+            T,
+            seeds,
+            replace(settings, tau=tau),
+            K,
+            c,
+            contexts,
+            game_file,
+            game_seed,
+            seed,
+        )
+        for inst in instances
+        for tau in taus
+        for alg in algorithms
+    ]
+
+
+def paper_claims_experiment(command: str = "") -> Experiment:
+    """SPEC §3: needle (K=8, c=0.25) at tau ∈ {0.1, 0.025}, plus ENPO on gbpm and cyclic."""
+    base = LabSettings(tau=0.1, pairs=8)
+    specs = build_specs(
+        ["needle"], ["inpo", "enpo", "denpo", "oracle"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25
+    )
+    specs += build_specs(["gbpm", "cyclic"], ["enpo"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25)
+    return Experiment(specs, command, {"preset": "paper-claims"})
+
+
+PRESETS = {"paper-claims": paper_claims_experiment}

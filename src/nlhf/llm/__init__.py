@@ -1,0 +1,1 @@
+"""Language models: the NLHF trainer, its policies, rollouts, judges, evaluation and report."""

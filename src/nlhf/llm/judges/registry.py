@@ -1,0 +1,104 @@
+"""Build a judge from its config section (`judge:` in a run config), with one-line errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nlhf.errors import NLHFInputError
+from nlhf.llm.judges.base import Judge
+
+JUDGES = ("criteria", "reward-model", "llm-judge", "openai", "tabular")
+
+# type → (required fields, optional fields); the optional ones mirror the constructors.
+_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "criteria": ((), ("criteria", "temperature", "target_words", "model_path", "device",
+                      "batch_size")),
+    "reward-model": (("model",), ("soft", "device", "dtype", "trust_remote_code", "revision",
+                                  "max_length", "batch_size")),
+    "llm-judge": (("model",), ("device", "dtype", "trust_remote_code", "revision", "template",
+                               "chat_template", "max_response_tokens", "batch_size")),
+    "openai": (("base_url", "model"), ("api_key_env", "template", "temperature", "max_tokens",
+                                       "logprobs", "top_logprobs", "timeout", "max_retries",
+                                       "backoff", "max_backoff", "concurrency", "batch_size")),
+    "tabular": ((), ("P", "game", "batch_size")),
+}
+_HINTS = {
+    "model": "a Hugging Face Hub id or a local model folder",
+    "base_url": "the endpoint's base URL, e.g. http://127.0.0.1:8000/v1",
+}
+
+
+def make_judge(spec: Mapping[str, Any]) -> Judge:
+    """`spec` = {"type": one of JUDGES, **fields}; unknown types and fields are errors."""
+    if not isinstance(spec, Mapping):
+        raise NLHFInputError(f"judge: expected a mapping with a 'type' field, got {spec!r}")
+    kind = spec.get("type", "criteria")
+    if kind not in _FIELDS:
+        raise NLHFInputError(f"judge.type: unknown judge {kind!r}; choose one of "
+                             f"{', '.join(JUDGES)}")
+    required, optional = _FIELDS[kind]
+    fields = {k: v for k, v in spec.items() if k != "type"}
+    for name in fields:
+        if name not in required and name not in optional:
+            raise NLHFInputError(f"judge.{name}: not a field of judge type {kind!r}; "
+                                 f"fields: {', '.join(required + optional)}")
+    for name in required:
+        if fields.get(name) in (None, ""):
+            raise NLHFInputError(f"judge.{name}: required for judge type {kind!r} "
+                                 f"({_HINTS.get(name, 'missing')})")
+    return _BUILDERS[kind](fields)
+
+
+def _criteria(f: dict[str, Any]) -> Judge:
+    from nlhf.llm.judges.criteria import CriteriaJudge
+
+    return CriteriaJudge(**f)
+
+
+def _reward_model(f: dict[str, Any]) -> Judge:
+    from nlhf.llm.judges.reward_model import RewardModelJudge
+
+    return RewardModelJudge(**f)
+
+
+def _llm_judge(f: dict[str, Any]) -> Judge:
+    from nlhf.llm.judges.llm_judge import LLMJudge
+
+    return LLMJudge(**f)
+
+
+def _openai(f: dict[str, Any]) -> Judge:
+    from nlhf.llm.judges.openai_http import OpenAIJudge
+
+    return OpenAIJudge(**f)
+
+
+def _tabular(f: dict[str, Any]) -> Judge:
+    from nlhf.llm.judges.tabular import TabularJudge
+
+    if ("P" in f) == ("game" in f):
+        raise NLHFInputError("judge.P: give exactly one of judge.P (a C×K×K matrix) "
+                             "or judge.game (a game file, .json or .npz)")
+    if "game" in f:
+        from nlhf.preferences import read_game_file
+
+        fields = read_game_file(Path(f["game"]))
+        if "P" not in fields:
+            raise NLHFInputError(f"{f['game']}: missing field 'P'")
+        try:
+            P = np.asarray(fields["P"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise NLHFInputError(f"{f['game']}: field 'P' must be a numeric array") from None
+    else:
+        P = f["P"]
+    return TabularJudge(P, **({"batch_size": f["batch_size"]} if "batch_size" in f else {}))
+
+
+_BUILDERS: dict[str, Callable[[dict[str, Any]], Judge]] = {
+    "criteria": _criteria, "reward-model": _reward_model, "llm-judge": _llm_judge,
+    "openai": _openai, "tabular": _tabular,
+}

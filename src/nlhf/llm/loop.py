@@ -1,0 +1,271 @@
+"""``nlhf train``: iterative NLHF on a causal LM, resumable after a kill at any instant.
+
+Each round t runs resumable phases, each marked done in the run store with a small payload:
+``it{t}/generate`` (samples stored), ``it{t}/logprobs`` (forward passes stored),
+``it{t}/judge`` (labels; every comparison is also cached by the judge wrapper), the
+algorithm's training phases (``it{t}/step_a`` + ``it{t}/step_b`` for ENPO, ``it{t}/train``
+otherwise; each saves its adapter under ``adapters/iter_{t}/``) and ``it{t}/saved`` (metrics
+and state written). A resumed run loads the adapters of the last finished round, skips the
+finished phases and re-runs an unfinished one from the same weights and seed, so on one
+machine it ends with the same metrics and weights as an uninterrupted run, and it never asks
+the judge again for a stored comparison.
+
+Run-directory layout and the average-iterate helpers (:func:`policy_iterates`,
+:func:`sample_average_iterate`, for ``nlhf eval``): see :mod:`nlhf.llm.rundir`.
+Test hook: with ``NLHF_TEST_KILL_AFTER=<checkpoint>`` in the environment the process SIGKILLs
+itself at that checkpoint (a phase key, ``it{t}/<phase>/step{k}`` after optimizer step k, or
+``it{t}/judge/chunk{k}`` after judge chunk k); without it the hook does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nlhf.errors import NLHFInputError
+from nlhf.llm.algorithms import LLM_ALGORITHMS, LLMAlgorithm
+from nlhf.llm.algorithms.base import RoundContext
+from nlhf.llm.config import TrainConfig, dump_config, load_config
+from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
+from nlhf.llm.preflight import Checked, preflight
+from nlhf.llm.prompts import load_prompts, split_prompts
+from nlhf.llm.rundir import (
+    RunDir,
+    policy_iterates,
+    read_state,
+    remove_partial_writes,
+    run_lock,
+    sample_average_iterate,
+    write_metrics,
+    write_state,
+)
+from nlhf.llm.samples import (
+    attach_logprobs,
+    load_round,
+    missing_logprobs,
+    round_prompts,
+    run_generation,
+    run_judge,
+    run_logprobs,
+)
+from nlhf.llm.store import RunStore
+
+if TYPE_CHECKING:
+    from nlhf.llm.judges import CachedJudge
+    from nlhf.llm.policy.lm import LMPolicy
+    from nlhf.llm.rollout.base import Generator
+
+__all__ = ["KILL_ENV", "policy_iterates", "sample_average_iterate", "train"]
+
+KILL_ENV = "NLHF_TEST_KILL_AFTER"
+log = logging.getLogger(__name__)
+
+
+def _checkpoint(key: str) -> None:
+    """Test hook: die like a SIGKILLed run exactly at checkpoint ``key`` (inert by default)."""
+    if os.environ.get(KILL_ENV) == key:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Checked | None]:
+    """Check the run dir; a new run passes :func:`preflight` and then writes its config
+    first, a resumed one reads it back."""
+    run = RunDir(Path(cfg.run_dir))
+    if resume:
+        if not run.config.is_file():
+            raise NLHFInputError(
+                f"run_dir: {run.root} has no config.yaml, so there is no run to resume; "
+                "start it without --resume"
+            )
+        stored = load_config(run.config).model_copy(update={"run_dir": str(run.root)})
+        given, kept = cfg.model_dump(), stored.model_dump()
+        changed = sorted(k for k in given if k != "run_dir" and given[k] != kept[k])
+        if changed:
+            log.warning("resume: using %s; ignoring changed sections: %s", run.config,
+                        ", ".join(changed))
+        return stored, run, None
+    if run.root.exists() and (not run.root.is_dir() or any(run.root.iterdir())):
+        raise NLHFInputError(
+            f"run_dir: {run.root} already exists; pass --resume to continue it or choose "
+            "another run_dir"
+        )
+    checked = preflight(cfg)  # bad input fails here, before the run's first file
+    dump_config(cfg, run.config)
+    return cfg, run, checked
+
+
+def _ensure_prompts(cfg: TrainConfig, store: RunStore,
+                    checked: Checked | None = None) -> list[tuple[int, str]]:
+    """Train prompts from the store; the first start loads and splits the source once."""
+    if not store.prompts():
+        if checked is not None:
+            train, heldout = checked.train_prompts, checked.heldout_prompts
+        else:
+            d = cfg.data
+            train, heldout = split_prompts(
+                load_prompts(d.prompts, d.field, d.max_prompt_chars), d.heldout, cfg.seed)
+        store.add_prompts([("train", p) for p in train] + [("heldout", p) for p in heldout])
+    return store.prompts("train")
+
+
+def _load_policy(cfg: TrainConfig, device: Any = None) -> LMPolicy:
+    """The policy on ``device`` (None: the default one; each rank passes its own GPU)."""
+    from nlhf.llm.policy.lm import LMPolicy, LoraSettings
+
+    m = cfg.model
+    lora = LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
+                        target_modules=tuple(m.lora.target_modules))
+    return LMPolicy.from_name(m.name, finetune=m.finetune, lora=lora, dtype=m.dtype,
+                              trust_remote_code=m.trust_remote_code, seed=cfg.seed,
+                              device=device)
+
+
+def _restore(policy: LMPolicy, run: RunDir, iteration: int) -> None:
+    """Load the adapters saved after round ``iteration`` (0: keep the seeded initial ones)."""
+    if iteration < 1:
+        return
+    for adapter in ("policy", "adversary"):
+        path = run.adapter(iteration, adapter)
+        if path.exists():
+            policy.load_adapter(adapter, path)
+
+
+def _finite(values: dict[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if np.isfinite(v)}
+
+
+def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
+           train_prompts: list[tuple[int, str]], generator: Generator | None = None
+           ) -> dict[str, float]:
+    """One iteration: collect, label, update; returns its metrics. ``generator``: the
+    ``rollout.backend`` (default: HF on the policy)."""
+    cfg, t, policy = ctx.cfg, ctx.iteration, ctx.policy
+    prompts = round_prompts(train_prompts, cfg.data.prompts_per_iteration, cfg.seed, t)
+    tokens = [policy.encode_prompt(text) for _, text in prompts]
+    sources = algo.sources()
+    gen = ctx.phase("generate", lambda: run_generation(
+        policy, cfg, t, prompts, tokens, sources, ctx.store, ctx.progress, generator, ctx.run,
+        ctx.dist))
+    data = load_round(ctx.store, t, prompts, tokens, sources, policy.device)
+
+    needs = [*algo.logprob_needs(), ("policy", "pi_t"), ("policy", "ref")]
+    lp = ctx.phase("logprobs", lambda: {"values": run_logprobs(
+        policy, data, missing_logprobs(data, needs), cfg.rollout.batch_size, ctx.progress,
+        ctx.dist)})
+    attach_logprobs(data, lp["values"])
+
+    def ask() -> dict[str, Any]:
+        hits, misses = judge.hits, judge.misses
+        probs = run_judge(judge, data, algo.comparisons(data), ctx.progress,
+                          on_chunk=lambda k: ctx.checkpoint(f"{ctx.key('judge')}/chunk{k}"))
+        return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits}
+
+    jp = ctx.phase("judge", ask)
+    probs = np.asarray(jp["probs"], dtype=np.float64)
+
+    metrics = dict(algo.judge_metrics(data, probs))
+    train_metrics = algo.update(ctx, data, probs)
+    pol = data.roles["policy"]
+    metrics["kl_policy_ref"] = float(np.mean(pol.logp["pi_t"] - pol.logp["ref"]))
+    metrics["response_len"] = float(np.mean([len(r) for r in pol.response_ids]))
+    for name, role in data.roles.items():
+        if name != "policy":
+            metrics[f"response_len_{name}"] = float(np.mean([len(r) for r in role.response_ids]))
+    metrics.update(train_metrics)
+    metrics["prompts"] = float(len(prompts))
+    metrics["judge_calls_total"] = float(ctx.store.count_judge_calls())
+    metrics["time_generate"] = gen["seconds"]
+    metrics["time_logprobs"] = lp["seconds"]
+    metrics["time_judge"] = jp["seconds"]
+    phases = ("generate", "logprobs", "judge", *algo.train_phases)
+    metrics["time_iteration"] = sum(metrics.get(f"time_{p}", 0.0) for p in phases)
+    return _finite(metrics)
+
+
+def _finish_round(ctx: RoundContext, metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics into the store (once), metrics.jsonl and state.json rewritten (rank 0),
+    round marked."""
+    t, store = ctx.iteration, ctx.store
+    if not any(i == t for i, _, _ in store.metrics()):
+        store.add_metrics(t, metrics)
+    rows = store.metrics()
+    if ctx.dist.is_main:
+        write_metrics(ctx.run, rows)
+        saved = [str(ctx.run.adapter(s, "policy").relative_to(ctx.run.root))
+                 for s in range(1, t + 1)]
+        write_state(ctx.run, {"last_completed_iteration": t, "iterations": ctx.cfg.iterations,
+                              "algorithm": ctx.cfg.algorithm,
+                              "finetune": ctx.cfg.model.finetune, "policy_iterates": saved})
+    store.mark_done(ctx.key("saved"))
+    ctx.checkpoint(ctx.key("saved"))
+    return {name: value for i, name, value in rows if i == t}
+
+
+def _summary(t: int, total: int, m: dict[str, float]) -> str:
+    parts = [f"iter {t}/{total}"]
+    for key, fmt in (("score_policy", "{:.3f}"), ("score_adversary", "{:.3f}"),
+                     ("kl_policy_ref", "{:.3g}"), ("response_len", "{:.1f}"),
+                     ("step_a_loss", "{:.4g}"), ("step_b_loss", "{:.4g}"),
+                     ("train_loss", "{:.4g}"), ("time_iteration", "{:.1f}s")):
+        if key in m:
+            parts.append(f"{key} {fmt.format(m[key])}")
+    return "  ".join(parts)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Run (or, with ``resume``, continue) a training run; returns the run directory.
+
+    Under ``accelerate launch`` (several processes) every rank calls this; rank 0 alone
+    checks, locks and writes the run directory (see :mod:`nlhf.llm.distributed`).
+    """
+    dist = make_dist()
+    cfg, run, checked = dist.on_main(lambda: _prepare(cfg, resume),
+                                     share=lambda r: (r[0], r[1], None))
+    with ExitStack() as main_only:
+        dist.on_main(lambda: main_only.enter_context(run_lock(run)), share=lambda _: None)
+        if resume:
+            dist.on_main(lambda: remove_partial_writes(run), share=lambda _: None)
+        _run(cfg, run, progress, checked, dist)
+    return run.root
+
+
+def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
+         dist: Dist) -> None:
+    own = dist.on_main(lambda: RunStore(run.store), share=lambda _: None)
+    store = shared_store(own, dist)
+    progress = progress and dist.is_main
+    try:
+        train_prompts = dist.on_main(lambda: _ensure_prompts(cfg, own, checked))
+        done = dist.on_main(lambda: int(read_state(run.root).get("last_completed_iteration", 0)))
+        if done >= cfg.iterations:
+            return
+        from rich.console import Console
+
+        from nlhf.llm.judges import CachedJudge, make_judge
+        from nlhf.llm.rollout.backends import make_generator
+
+        console = Console(stderr=True, quiet=not progress)
+        policy = _load_policy(cfg, dist.device)
+        inner = checked.judge if checked else make_judge(cfg.judge)
+        judge = CachedJudge(ShardedJudge(inner, dist) if dist.world > 1 else inner, store)
+        algo = LLM_ALGORITHMS[cfg.algorithm](cfg)
+        _restore(policy, run, done)
+        # rollout.backend: hf, vllm, openai; under several processes rank 0 alone drives a
+        # server or engine (see trainer.data.sample_source)
+        generator = (make_generator(cfg.rollout, policy)
+                     if dist.is_main or cfg.rollout.backend == "hf" else None)
+        for t in range(done + 1, cfg.iterations + 1):
+            start = time.perf_counter()
+            ctx = RoundContext(policy, cfg, t, store, run, progress, _checkpoint, dist)
+            metrics = _finish_round(ctx, _round(ctx, algo, judge, train_prompts, generator))
+            console.print(_summary(t, cfg.iterations, metrics), soft_wrap=True,
+                          end=f"  (wall {time.perf_counter() - start:.1f}s)\n")
+    finally:
+        store.close()

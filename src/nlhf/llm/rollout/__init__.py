@@ -1,0 +1,10 @@
+"""Rollouts: sampling responses from a policy (HF `generate`; a completions server; vLLM on GPU).
+
+``rollout.backend`` picks the :class:`~nlhf.llm.rollout.base.Generator` (see docs/rollout.md).
+"""
+
+from nlhf.llm.rollout.backends import make_generator
+from nlhf.llm.rollout.base import Generator, HFGenerator
+from nlhf.llm.rollout.hf import Sample, generate
+
+__all__ = ["Generator", "HFGenerator", "Sample", "generate", "make_generator"]
