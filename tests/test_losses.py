@@ -54,9 +54,8 @@ def test_inpo_minimiser_is_the_omd_step(seed):
 
     def objective(theta, a, b, weight, ref_t, old_t):
         lp = torch.log_softmax(theta[0], -1)
-        return losses.inpo_loss(
-            lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], ETA, TAU, weight
-        )
+        pairs = losses.Pairs(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
+        return losses.inpo_loss(pairs, eta=ETA, tau=TAU)
 
     fitted = _fit(objective, old, a, b, weight, ref_t, old_t)
     expected = omd_step(old[None], np.log(ref)[None], P[None], TAU, ETA)[0]
@@ -77,20 +76,8 @@ def test_enpo_step_a_minimiser_is_the_omd_step_for_any_pair_distribution(alpha):
 
     def objective(theta, a, b, weight, score, ref_t, old_t):
         lp = torch.log_softmax(theta[0], -1)
-        return losses.enpo_step_a_loss(
-            lp[a],
-            lp[b],
-            ref_t[a],
-            ref_t[b],
-            old_t[a],
-            old_t[b],
-            score[a],
-            score[b],
-            ETA,
-            TAU,
-            alpha=alpha,
-            weight=weight,
-        )
+        pairs = losses.Pairs(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
+        return losses.enpo_step_a_loss(pairs, score[a] - score[b], eta=ETA, tau=TAU, alpha=alpha)
 
     fitted = _fit(objective, old, a, b, weight, score, ref_t, old_t)
     expected = omd_step(old[None], np.log(ref)[None], P[None], TAU, ETA)[0]
@@ -100,20 +87,11 @@ def test_enpo_step_a_minimiser_is_the_omd_step_for_any_pair_distribution(alpha):
 def test_enpo_proximal_term_is_minus_alpha_mean_logp():
     x = torch.tensor([-1.0, -2.0])
     zeros = torch.zeros(2)
-    base = losses.enpo_step_a_loss(x, zeros, zeros, zeros, zeros, zeros, zeros, zeros, ETA, TAU)
+    pairs = losses.Pairs(x, zeros, zeros, zeros, zeros, zeros)
+    base = losses.enpo_step_a_loss(pairs, zeros, eta=ETA, tau=TAU)
     with_prox = losses.enpo_step_a_loss(
-        x,
-        zeros,
-        zeros,
-        zeros,
-        zeros,
-        zeros,
-        zeros,
-        zeros,
-        ETA,
-        TAU,
-        alpha=0.3,
-        logp_fresh=torch.tensor([-4.0, -2.0]),
+        pairs, zeros, eta=ETA, tau=TAU, alpha=0.3,
+        fresh=losses.Samples(torch.tensor([-4.0, -2.0])),
     )
     assert float(with_prox - base) == pytest.approx(0.3 * 3.0)
 
@@ -128,12 +106,13 @@ def test_denpo_step_b_minimiser_is_the_tilted_adversary(s):
     a, b = _pairs(6)
     weight = torch.as_tensor((pi_t[:, None] * pi_t[None, :]).ravel())  # fresh candidates ~ pi_t
     gain = torch.as_tensor(new - old)
-    label = losses.step_b_soft_label(gain[a], gain[b], s)
+    label = losses.step_b_soft_label(gain[a], gain[b], s=s)
     old_t = torch.as_tensor(old)
 
     def objective(theta, a, b, weight, label, old_t):
         lp = torch.log_softmax(theta[0], -1)
-        return losses.denpo_step_b_loss(lp[a], lp[b], old_t[a], old_t[b], beta, label, weight)
+        pairs = losses.Pairs(lp[a], lp[b], old_a=old_t[a], old_b=old_t[b], weight=weight)
+        return losses.denpo_step_b_loss(pairs, beta=beta, label=label)
 
     fitted = _fit(objective, old, a, b, weight, label, old_t)
     expected = log_softmax(old + (s / beta) * (new - old))
@@ -152,9 +131,8 @@ def test_nash_md_minimiser_is_the_mirror_step_from_the_mixture():
 
     def objective(theta, a, b, weight, ref_t, old_t):
         lp = torch.log_softmax(theta[0], -1)
-        return losses.nash_md_loss(
-            lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], ETA, TAU, weight
-        )
+        pairs = losses.Pairs(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
+        return losses.nash_md_loss(pairs, eta=ETA, tau=TAU)
 
     fitted = _fit(objective, old, a, b, weight, ref_t, old_t)
     expected = log_softmax(mix + (P @ mu) / ETA)
@@ -167,7 +145,8 @@ def test_soft_label_dpo_minimiser_is_the_bradley_terry_fit():
     zero = torch.zeros(1, dtype=torch.float64)
     for offset, sign in [(0.0, 0), (-0.1, -1), (0.1, 1)]:
         m = torch.tensor([logit(p) / beta + offset], dtype=torch.float64, requires_grad=True)
-        (g,) = torch.autograd.grad(losses.dpo_loss(m, zero, zero, zero, beta, p), m)
+        loss = losses.dpo_loss(losses.Pairs(m, zero, zero, zero), beta=beta, label=p)
+        (g,) = torch.autograd.grad(loss, m)
         if sign == 0:
             assert abs(float(g)) < 1e-12
         else:
@@ -179,21 +158,24 @@ def test_pairwise_losses_match_hand_computation():
     rw, rl = torch.tensor([-1.5, -2.0]), torch.tensor([-1.5, -2.0])
     beta = 0.5
     margins = torch.tensor([1.0, -2.0])  # (lw − ll) − (rw − rl)
-    assert float(losses.online_dpo_loss(lw, ll, rw, rl, beta)) == pytest.approx(
+    pairs = losses.Pairs(lw, ll, rw, rl)
+    assert float(losses.online_dpo_loss(pairs, beta=beta)) == pytest.approx(
         float(F.softplus(-beta * margins).mean())
     )
-    assert float(losses.online_ipo_loss(lw, ll, rw, rl, beta)) == pytest.approx(
+    assert float(losses.online_ipo_loss(pairs, beta=beta)) == pytest.approx(
         float(((margins - 1.0) ** 2).mean())
     )
-    ref_samples = torch.tensor([-4.0, -6.0])
-    xpo = losses.xpo_loss(lw, ll, rw, rl, beta, 0.1, ref_samples)
-    assert float(xpo - losses.online_dpo_loss(lw, ll, rw, rl, beta)) == pytest.approx(0.1 * -5.0)
+    ref_samples = losses.Samples(torch.tensor([-4.0, -6.0]))
+    xpo = losses.xpo_loss(pairs, ref_samples, beta=beta, alpha=0.1)
+    assert float(xpo - losses.online_dpo_loss(pairs, beta=beta)) == pytest.approx(0.1 * -5.0)
     win = torch.tensor([0.75, 0.25])
-    assert float(losses.sppo_loss(lw, rw, win, 2.0)) == pytest.approx(
+    assert float(losses.sppo_loss(losses.Samples(lw, old=rw), win, eta=2.0)) == pytest.approx(
         float(((lw - rw - (win - 0.5) / 2.0) ** 2).mean())
     )
-    h = losses.omd_log_ratio(lw, ll, rw, rl, rw, rl, ETA, TAU)
-    assert float(losses.inpo_loss(lw, ll, rw, rl, rw, rl, ETA, TAU)) == pytest.approx(
+    omd = losses.Pairs(lw, ll, rw, rl, rw, rl)
+    h = losses.omd_log_ratio(omd, eta=ETA, tau=TAU)
+    assert float(h[0]) == pytest.approx(float((lw - ll)[0] - (rw - rl)[0]))
+    assert float(losses.inpo_loss(omd, eta=ETA, tau=TAU)) == pytest.approx(
         float(((h - 1 / (2 * ETA)) ** 2).mean())
     )
 
@@ -201,17 +183,11 @@ def test_pairwise_losses_match_hand_computation():
 def test_weights_equal_repetition():
     lw, ll = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -1.0])
     z = torch.zeros(2)
-    weighted = losses.inpo_loss(lw, ll, z, z, z, z, ETA, TAU, torch.tensor([2.0, 1.0]))
-    repeated = losses.inpo_loss(
-        lw[[0, 0, 1]],
-        ll[[0, 0, 1]],
-        z[:3].repeat(2)[:3],
-        torch.zeros(3),
-        torch.zeros(3),
-        torch.zeros(3),
-        ETA,
-        TAU,
-    )
+    weighted = losses.inpo_loss(losses.Pairs(lw, ll, z, z, z, z, torch.tensor([2.0, 1.0])),
+                                eta=ETA, tau=TAU)
+    z3 = torch.zeros(3)
+    repeated = losses.inpo_loss(losses.Pairs(lw[[0, 0, 1]], ll[[0, 0, 1]], z3, z3, z3, z3),
+                                eta=ETA, tau=TAU)
     assert float(weighted) == pytest.approx(float(repeated))
 
 
@@ -219,10 +195,10 @@ def test_weights_equal_repetition():
 def test_omd_losses_reject_tau_not_below_eta(eta, tau):
     z = torch.zeros(1)
     with pytest.raises(ValueError, match="tau < eta"):
-        losses.inpo_loss(z, z, z, z, z, z, eta, tau)
+        losses.inpo_loss(losses.Pairs(z, z, z, z, z, z), eta=eta, tau=tau)
 
 
 def test_soft_label_is_sigmoid_of_scaled_gain():
-    assert float(losses.step_b_soft_label(torch.tensor(1.0), torch.tensor(0.0), 2.0)) == (
+    assert float(losses.step_b_soft_label(torch.tensor(1.0), torch.tensor(0.0), s=2.0)) == (
         pytest.approx(expit(2.0))
     )

@@ -21,7 +21,7 @@ from nlhf.llm.loop import policy_iterates, sample_average_iterate, train
 from nlhf.llm.rundir import RunDir, run_lock
 from nlhf.llm.samples import RoleSamples, RoundData
 from nlhf.llm.store import RunStore
-from nlhf.losses import enpo_step_a_loss
+from nlhf.losses import Pairs, Samples, enpo_step_a_loss
 
 PROMPTS = [
     "Explain why the sky is blue.", "Write a haiku about autumn.", "What is 2+2? Answer briefly.",
@@ -189,11 +189,11 @@ def test_one_step_a_step_decreases_the_enpo_loss(make_policy: Any, prompts: Any,
             la = policy.sequence_logprobs(*data.seqs("policy", idx), "policy")
             lb = policy.sequence_logprobs(*data.seqs("adversary", idx), "policy")
             lf = policy.sequence_logprobs(*data.seqs("comparator", fresh), "policy")
-        return float(enpo_step_a_loss(
-            la, lb, data.logp("policy", "ref"), data.logp("adversary", "ref"),
-            data.logp("policy", "pi_t"), data.logp("adversary", "pi_t"),
-            torch.tensor(iy, dtype=torch.float32), torch.tensor(iy2, dtype=torch.float32),
-            h.eta, h.tau, h.alpha, logp_fresh=lf))
+        pairs = Pairs(la, lb, data.logp("policy", "ref"), data.logp("adversary", "ref"),
+                      data.logp("policy", "pi_t"), data.logp("adversary", "pi_t"))
+        gap = torch.tensor(iy - iy2, dtype=torch.float32)
+        return float(enpo_step_a_loss(pairs, gap, eta=h.eta, tau=h.tau, alpha=h.alpha,
+                                      fresh=Samples(lf)))
 
     ctx = RoundContext(policy, cfg, 1, None, None, False, lambda key: None)  # type: ignore[arg-type]
     before = loss()

@@ -12,7 +12,7 @@ import torch
 
 from nlhf.lab.algorithms.base import LabSettings, TabularAlgorithm, newton_minimise, sample_from
 from nlhf.lab.games.game import Game
-from nlhf.losses import online_dpo_loss, online_ipo_loss, sppo_loss, xpo_loss
+from nlhf.losses import Pairs, Samples, online_dpo_loss, online_ipo_loss, sppo_loss, xpo_loss
 
 
 class _DuelCountsAlgorithm(TabularAlgorithm):
@@ -61,7 +61,8 @@ class OnlineDPO(_DuelCountsAlgorithm):
 
     def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
         c, w, l = idx
-        return online_dpo_loss(lp[c, w], lp[c, l], ref[c, w], ref[c, l], self.settings.tau, weight)
+        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
+        return online_dpo_loss(pairs, beta=self.settings.tau)
 
 
 class OnlineIPO(_DuelCountsAlgorithm):
@@ -69,7 +70,8 @@ class OnlineIPO(_DuelCountsAlgorithm):
 
     def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
         c, w, l = idx
-        return online_ipo_loss(lp[c, w], lp[c, l], ref[c, w], ref[c, l], self.settings.tau, weight)
+        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
+        return online_ipo_loss(pairs, beta=self.settings.tau)
 
 
 class XPO(_DuelCountsAlgorithm):
@@ -82,17 +84,9 @@ class XPO(_DuelCountsAlgorithm):
 
     def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
         c, w, l = idx
-        return xpo_loss(
-            lp[c, w],
-            lp[c, l],
-            ref[c, w],
-            ref[c, l],
-            self.settings.tau,
-            self.settings.xpo_alpha,
-            opp_lp,
-            weight,
-            opp_weight,
-        )
+        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
+        ref_samples = Samples(opp_lp, weight=opp_weight)
+        return xpo_loss(pairs, ref_samples, beta=self.settings.tau, alpha=self.settings.xpo_alpha)
 
 
 class SPPO(TabularAlgorithm):
@@ -114,7 +108,7 @@ class SPPO(TabularAlgorithm):
         def objective(theta, ctx, y, win_rate, old):
             lp = torch.log_softmax(theta, -1)
             return (
-                sppo_loss(lp[ctx, y], old[ctx, y], win_rate, eta)
+                sppo_loss(Samples(lp[ctx, y], old[ctx, y]), win_rate, eta=eta)
                 + st.ridge * ((theta - old) ** 2).sum()
             )
 

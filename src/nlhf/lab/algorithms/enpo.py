@@ -22,7 +22,7 @@ from nlhf.lab.algorithms.base import (
 from nlhf.lab.algorithms.buffer import PairBuffer
 from nlhf.lab.algorithms.exploration import EllipticalOracle
 from nlhf.lab.games.game import Game
-from nlhf.losses import denpo_step_b_loss, enpo_step_a_loss, step_b_soft_label
+from nlhf.losses import Pairs, Samples, denpo_step_b_loss, enpo_step_a_loss, step_b_soft_label
 
 
 class ENPO(TabularAlgorithm):
@@ -68,20 +68,10 @@ class ENPO(TabularAlgorithm):
 
         def objective(theta, ctx, a, b, sa, sb, fctx, fresh, ref, old, prior):
             lp = torch.log_softmax(theta, -1)
-            value = enpo_step_a_loss(
-                lp[ctx, a],
-                lp[ctx, b],
-                ref[ctx, a],
-                ref[ctx, b],
-                old[ctx, a],
-                old[ctx, b],
-                sa,
-                sb,
-                eta,
-                tau,
-                alpha=st.alpha,
-                logp_fresh=lp[fctx, fresh],
-            )
+            pairs = Pairs(lp[ctx, a], lp[ctx, b], ref[ctx, a], ref[ctx, b],
+                          old[ctx, a], old[ctx, b])
+            value = enpo_step_a_loss(pairs, sa - sb, eta=eta, tau=tau, alpha=st.alpha,
+                                     fresh=Samples(lp[fctx, fresh]))
             return value + st.ridge * ((theta - prior) ** 2).sum()
 
         data = self.tensors(
@@ -124,14 +114,13 @@ class DENPO(ENPO):
         gain = new_logp - self.logp  # log(pi_{t+1}/pi_t)
         seeds = np.arange(self.B)[:, None]
         label = step_b_soft_label(
-            torch.as_tensor(gain[seeds, ctx, u1]), torch.as_tensor(gain[seeds, ctx, u2]), st.s
+            torch.as_tensor(gain[seeds, ctx, u1]), torch.as_tensor(gain[seeds, ctx, u2]), s=st.s
         )
 
         def objective(theta, ctx, u1, u2, label, old):
             lp = torch.log_softmax(theta, -1)
-            value = denpo_step_b_loss(
-                lp[ctx, u1], lp[ctx, u2], old[ctx, u1], old[ctx, u2], st.beta, label
-            )
+            pairs = Pairs(lp[ctx, u1], lp[ctx, u2], old_a=old[ctx, u1], old_b=old[ctx, u2])
+            value = denpo_step_b_loss(pairs, beta=st.beta, label=label)
             return value + st.ridge * ((theta - old) ** 2).sum()
 
         data = (*self.tensors(ctx, u1, u2), label, *self.tensors(self.logp))

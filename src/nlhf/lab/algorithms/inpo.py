@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from nlhf.lab.algorithms.base import TabularAlgorithm, newton_minimise, omd_prior, sample_from
-from nlhf.losses import inpo_loss
+from nlhf.losses import Pairs, inpo_loss
 
 
 class INPO(TabularAlgorithm):
@@ -32,9 +32,9 @@ class INPO(TabularAlgorithm):
 
         def objective(theta, ctx, w, l, ref, old, prior):
             lp = torch.log_softmax(theta, -1)
-            value = loss(
-                lp[ctx, w], lp[ctx, l], ref[ctx, w], ref[ctx, l], old[ctx, w], old[ctx, l], eta, tau
-            )
+            pairs = Pairs(lp[ctx, w], lp[ctx, l], ref[ctx, w], ref[ctx, l],
+                          old[ctx, w], old[ctx, l])
+            value = loss(pairs, eta=eta, tau=tau)
             return value + st.ridge * ((theta - prior) ** 2).sum()
 
         data = self.tensors(ctx, w, l, self.log_ref, self.logp, prior)

@@ -34,7 +34,7 @@ from nlhf.llm.distributed import sharded_logprobs
 from nlhf.llm.fit import Micro, fit
 from nlhf.llm.policy.lm import LMPolicy
 from nlhf.llm.samples import Comparison, RoundData, Source
-from nlhf.losses import denpo_step_b_loss, enpo_step_a_loss, step_b_soft_label
+from nlhf.losses import Pairs, Samples, denpo_step_b_loss, enpo_step_a_loss, step_b_soft_label
 
 
 class ENPO(LLMAlgorithm):
@@ -101,14 +101,13 @@ def step_a(policy: LMPolicy, data: RoundData, score_y: np.ndarray, score_y2: np.
         lp = policy.sequence_logprobs(prompts, responses, "policy", grad=True,
                                       batch_size=len(prompts))
         n = len(idx)
-        return enpo_step_a_loss(
-            lp[:n], lp[n:2 * n],
-            data.logp("policy", "ref", idx), data.logp("adversary", "ref", idx),
-            data.logp("policy", "pi_t", idx), data.logp("adversary", "pi_t", idx),
-            sa[idx], sb[idx], h.eta, h.tau, h.alpha,
-            logp_fresh=lp[2 * n:] if pf else None,
-            norm=float(len(m.batch)), fresh_norm=float(max(1, len(m.batch_extra))),
-        )
+        pairs = Pairs(lp[:n], lp[n:2 * n],
+                      data.logp("policy", "ref", idx), data.logp("adversary", "ref", idx),
+                      data.logp("policy", "pi_t", idx), data.logp("adversary", "pi_t", idx),
+                      norm=float(len(m.batch)))
+        fresh = Samples(lp[2 * n:], norm=float(max(1, len(m.batch_extra)))) if pf else None
+        return enpo_step_a_loss(pairs, sa[idx] - sb[idx], eta=h.eta, tau=h.tau, alpha=h.alpha,
+                                fresh=fresh)
 
     n_fresh = len(fresh_of_prompt) if h.alpha > 0 else 0
     return fit(policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
@@ -150,7 +149,7 @@ def step_b(policy: LMPolicy, data: RoundData, ctx: RoundContext) -> dict[str, An
     w_idx, l_idx = [cand[i] for i in win], [cand[i] for i in lose]
     r_w, r_l = torch.tensor(r[win]), torch.tensor(r[lose])
     if h.step_b_labels == "soft":
-        labels = data.tensor(step_b_soft_label(r_w, r_l, h.s).numpy())
+        labels = data.tensor(step_b_soft_label(r_w, r_l, s=h.s).numpy())
     else:
         labels = data.tensor(np.ones(len(win)))
     old_w, old_l = old[win], old[lose]
@@ -162,8 +161,8 @@ def step_b(policy: LMPolicy, data: RoundData, ctx: RoundContext) -> dict[str, An
         lp = policy.sequence_logprobs(pw + pl, rw + rl, "adversary", grad=True,
                                       batch_size=2 * len(idx))
         n = len(idx)
-        return denpo_step_b_loss(lp[:n], lp[n:], old_w[idx], old_l[idx], h.beta, labels[idx],
-                                 norm=float(len(m.batch)))
+        pairs = Pairs(lp[:n], lp[n:], old_a=old_w[idx], old_b=old_l[idx], norm=float(len(m.batch)))
+        return denpo_step_b_loss(pairs, beta=h.beta, label=labels[idx])
 
     stats = fit(policy, "adversary", len(win), loss_fn, ctx.cfg.train, ctx.seed("step_b"),
                 progress=ctx.progress, desc=f"step B (iter {ctx.iteration})",

@@ -34,6 +34,8 @@ from nlhf.llm.algorithms.base import (
 from nlhf.llm.fit import Micro, fit
 from nlhf.llm.samples import Comparison, RoundData, Source
 from nlhf.losses import (
+    Pairs,
+    Samples,
     inpo_loss,
     nash_md_loss,
     online_dpo_loss,
@@ -122,7 +124,8 @@ class INPO(PairwiseRound):
                   weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
         ow, ol = self.both(data, "pi_t", idx)
-        return inpo_loss(lw, ll, rw, rl, ow, ol, self.h.eta, self.h.tau, weight, norm)
+        return inpo_loss(Pairs(lw, ll, rw, rl, ow, ol, weight, norm), eta=self.h.eta,
+                         tau=self.h.tau)
 
 
 class NashMD(PairwiseRound):
@@ -140,7 +143,8 @@ class NashMD(PairwiseRound):
                   weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
         ow, ol = self.both(data, "pi_t", idx)
-        return nash_md_loss(lw, ll, rw, rl, ow, ol, self.h.eta, self.h.tau, weight, norm)
+        return nash_md_loss(Pairs(lw, ll, rw, rl, ow, ol, weight, norm), eta=self.h.eta,
+                            tau=self.h.tau)
 
 
 class OnlineDPO(PairwiseRound):
@@ -149,7 +153,7 @@ class OnlineDPO(PairwiseRound):
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
                   weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
-        return online_dpo_loss(lw, ll, rw, rl, self.h.beta, weight, norm)
+        return online_dpo_loss(Pairs(lw, ll, rw, rl, weight=weight, norm=norm), beta=self.h.beta)
 
 
 class OnlineIPO(PairwiseRound):
@@ -158,7 +162,7 @@ class OnlineIPO(PairwiseRound):
     def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
                   weight: Tensor, norm: float) -> Tensor:
         rw, rl = self.both(data, "ref", idx)
-        return online_ipo_loss(lw, ll, rw, rl, self.h.beta, weight, norm)
+        return online_ipo_loss(Pairs(lw, ll, rw, rl, weight=weight, norm=norm), beta=self.h.beta)
 
 
 class XPO(PairwiseRound):
@@ -171,8 +175,8 @@ class XPO(PairwiseRound):
         n = len(idx)
         # Rows n.. of lw are the opponent's samples ỹ ~ pi_ref under the trained policy. XPO
         # has no pair weights beyond the outcome's, so norm is the minibatch's pair count.
-        return xpo_loss(lw, ll, rw, rl, self.h.beta, self.h.alpha, logp_ref_samples=lw[n:],
-                        weight=weight, norm=norm, ref_sample_norm=norm)
+        pairs = Pairs(lw, ll, rw, rl, weight=weight, norm=norm)
+        return xpo_loss(pairs, Samples(lw[n:], norm=norm), beta=self.h.beta, alpha=self.h.alpha)
 
 
 class SPPO(LLMAlgorithm):
@@ -207,8 +211,8 @@ class SPPO(LLMAlgorithm):
                 p_ids, r_ids = data.seqs("policy", idx)
                 lp = ctx.policy.sequence_logprobs(p_ids, r_ids, "policy", grad=True,
                                                   batch_size=len(idx))
-                return sppo_loss(lp, data.logp("policy", "pi_t", idx), rate[idx], self.h.eta,
-                                 norm=float(len(m.batch)))
+                samples = Samples(lp, data.logp("policy", "pi_t", idx), norm=float(len(m.batch)))
+                return sppo_loss(samples, rate[idx], eta=self.h.eta)
 
             return fit(ctx.policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
                        ctx.seed("train"), progress=ctx.progress,
