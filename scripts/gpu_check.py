@@ -187,7 +187,7 @@ def train_config(shape: Shape, work: Path, dtype: str, seed: int) -> Any:
     from nlhf.llm.config import TrainConfig
 
     return TrainConfig.model_validate({
-        "run_dir": str(work / "run"), "seed": seed, "iterations": 1, "algorithm": "enpo",
+        "run_dir": str(work / "run"), "seed": seed, "iterations": 1, "algorithm": "denpo",
         "model": {"name": str(work / "model"), "dtype": dtype, "finetune": "lora",
                   "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
         "hparams": {"eta": 0.05, "tau": 0.005, "alpha": 0.001, "beta": 0.05,

@@ -52,7 +52,7 @@ def tiny_raw(tmp_path: Path) -> dict[str, Any]:
     return {
         "run_dir": str(tmp_path / "run"),
         "iterations": 1,
-        "algorithm": "enpo",
+        "algorithm": "denpo",
         "model": {"name": "tiny-random", "lora": {"r": 4, "alpha": 8}},
         "hparams": {"eta": 0.75, "tau": 0.25, "n_comparators": 1, "step_b_candidates": 2},
         "data": {"prompts": str(write_prompts(tmp_path / "prompts.jsonl")),

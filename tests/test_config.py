@@ -32,10 +32,10 @@ def _error(path: Path, overrides: dict | None = None) -> str:
 def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     cfg = load_config(_cfg(tmp_path, ""))
     assert cfg == TrainConfig()
-    assert cfg.algorithm == "enpo" and cfg.iterations == 3
+    assert cfg.algorithm == "denpo" and cfg.iterations == 3
     assert cfg.hparams.eta == 7.5e-3 and cfg.hparams.tau == 2.5e-3
     assert cfg.model.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert cfg.judge == {"type": "criteria"} and cfg.sweep is None
+    assert cfg.judge == {"type": "criteria"}
 
 
 def test_empty_section_means_defaults(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_empty_section_means_defaults(tmp_path: Path) -> None:
 def test_unknown_algorithm_lists_choices(tmp_path: Path) -> None:
     msg = _error(_cfg(tmp_path, {"algorithm": "ppo"}))
     assert "field 'algorithm'" in msg and "'ppo'" in msg
-    for choice in ("enpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"):
+    for choice in ("denpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"):
         assert choice in msg
 
 
@@ -60,11 +60,14 @@ def test_tau_must_be_below_eta(tmp_path: Path) -> None:
     assert cfg.algorithm == "xpo"
 
 
-def test_sweep_points_checked(tmp_path: Path) -> None:
-    msg = _error(
-        _cfg(tmp_path, {"sweep": [{"eta": 0.01, "tau": 0.001}, {"eta": 1e-3, "tau": 1e-2}]})
-    )
-    assert "field 'sweep.1.tau'" in msg
+def test_sweep_is_refused_with_the_way_to_run_one(tmp_path: Path) -> None:
+    msg = _error(_cfg(tmp_path, {"sweep": [{"eta": 0.01, "tau": 0.001}]}))
+    assert "field 'sweep'" in msg and "own run" in msg
+
+
+def test_old_algorithm_name_gets_the_new_one(tmp_path: Path) -> None:
+    msg = _error(_cfg(tmp_path, {"algorithm": "enpo"}))
+    assert "field 'algorithm'" in msg and "'denpo'" in msg
 
 
 @pytest.mark.parametrize(
@@ -167,7 +170,7 @@ def test_dump_round_trips(tmp_path: Path) -> None:
 def test_paper_recipe_loads_with_published_settings() -> None:
     cfg = load_config(RECIPE)
     h = cfg.hparams
-    assert cfg.algorithm == "enpo" and cfg.iterations == 3
+    assert cfg.algorithm == "denpo" and cfg.iterations == 3
     assert cfg.model.name == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert cfg.model.dtype == "bfloat16" and cfg.rollout.backend == "vllm"
     assert (h.eta, h.tau, h.alpha, h.beta, h.s) == (7.5e-3, 2.5e-3, 1e-3, 0.05, 1.0)
@@ -178,12 +181,6 @@ def test_paper_recipe_loads_with_published_settings() -> None:
         "type": "reward-model",
         "model": "Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M",
     }
-    assert [(p.eta, p.tau) for p in cfg.sweep or []] == [
-        (7.5e-3, 2.5e-3),
-        (3.75e-3, 2.5e-3),
-        (1.875e-3, 1.25e-3),
-        (0.9375e-3, 0.625e-3),
-    ]
 
 
 def test_paper_recipe_plan_counts() -> None:
@@ -193,16 +190,48 @@ def test_paper_recipe_plan_counts() -> None:
     assert plan["judge"]["comparisons_per_prompt"] == 8
     assert plan["judge"]["calls_per_round"] == 20_000 * 16 == 320_000
     assert plan["judge"]["calls_total"] == 3 * 320_000 == 960_000
-    # Generations: y + y' + 4 comparators + 2 Step B candidates + 1 proximal = 9.
-    assert plan["generations"]["per_prompt_total"] == 9
-    assert plan["generations"]["per_round"] == 180_000
-    assert plan["generations"]["total"] == 540_000
-    assert plan["sweep_runs"] == 4 and plan["all_runs"]["judge_calls"] == 4 * 960_000
+    # Generations: y, y' and 4 comparators z ~ pi_t; the comparators double as the 2 Step B
+    # candidates and the proximal sample (the trainer's round, counted by PlanRound).
+    assert plan["generations"]["per_prompt"] == {
+        "policy (~ pi_t)": 1, "comparator (~ pi_t)": 4, "adversary (~ pihat_t)": 1}
+    assert plan["generations"]["per_round"] == 120_000
+    assert plan["generations"]["total"] == 360_000
+    assert plan["hparams"] == {"eta": 7.5e-3, "tau": 2.5e-3, "alpha": 1e-3, "beta": 0.05,
+                               "s": 1.0}
+    assert plan["judge"]["model"] == "Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M"
     assert plan["memory"]["params"] == 8_030_261_248
     assert plan["memory"]["weights_bytes"] == 8_030_261_248 * 2
     assert plan["warnings"] == []
     text = format_plan(plan)
-    assert "960,000" in text and "8.03B" in text
+    assert "960,000" in text and "8.03B" in text and "Skywork-Reward-V2" in text
+    assert "eta 0.0075, tau 0.0025, alpha 0.001, beta 0.05" in text
+    assert "memory per GPU" in text
+
+
+def test_paper_recipe_memory_per_gpu_shrinks_with_gpus() -> None:
+    one = make_plan(load_config(RECIPE))["memory"]
+    eight = make_plan(load_config(RECIPE), gpus=8)["memory"]
+    # Step A forwards y, y' and a proximal sample per item: 3 rows per item.
+    assert one["activation_sequences"] == 8 * 3 and eight["activation_sequences"] == 3
+    assert eight["per_gpu_bytes"] < one["per_gpu_bytes"]
+    assert eight["per_gpu_bytes"] - eight["activation_bytes"] == (
+        one["per_gpu_bytes"] - one["activation_bytes"])
+
+
+def test_plan_counts_what_the_trainer_runs(tmp_path: Path) -> None:
+    """The plan's counts equal what a real tiny run generates and asks the judge."""
+    from nlhf.llm.loop import train
+    from nlhf.llm.store import RunStore
+    from test_train import tiny_config
+
+    cfg = tiny_config(tmp_path, "denpo", iterations=1, hparams={"n_comparators": 3})
+    plan = make_plan(cfg)
+    run = train(cfg, progress=False)
+    with RunStore(run / "store.sqlite") as store:
+        made = sum(len(store.get_generations(1, role))
+                   for role in ("policy", "adversary", "comparator"))
+        assert made == plan["generations"]["per_round"]
+        assert store.count_judge_calls() <= plan["judge"]["calls_per_round"]
 
 
 @pytest.mark.parametrize(

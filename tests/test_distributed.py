@@ -86,7 +86,7 @@ def write_config(tmp: Path, name: str) -> Path:
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     raw: dict[str, Any] = {
-        "run_dir": str(tmp / name), "seed": 0, "iterations": 1, "algorithm": "enpo",
+        "run_dir": str(tmp / name), "seed": 0, "iterations": 1, "algorithm": "denpo",
         "model": {"name": "tiny-random", "lora": {"r": 4, "alpha": 8}},
         "hparams": {"n_comparators": 2, "step_b_candidates": 2},
         "data": {"prompts": str(prompts), "prompts_per_iteration": 4, "heldout": 2},

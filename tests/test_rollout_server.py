@@ -222,7 +222,7 @@ def test_training_rounds_through_the_server(server, tmp_path):
     prompts.write_text("".join(json.dumps({"prompt": f"Question number {i}?"}) + "\n"
                                for i in range(8)))
     cfg = TrainConfig.model_validate({
-        "run_dir": str(tmp_path / "run"), "seed": 0, "iterations": 2, "algorithm": "enpo",
+        "run_dir": str(tmp_path / "run"), "seed": 0, "iterations": 2, "algorithm": "denpo",
         "model": {"name": "tiny-random", "lora": {"r": 4, "alpha": 8}},
         "hparams": {"n_comparators": 2, "step_b_candidates": 2, "eta": 0.75, "tau": 0.25,
                     "beta": 0.5},

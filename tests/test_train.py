@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 import nlhf.llm.loop
 from nlhf.errors import NLHFInputError
-from nlhf.llm.algorithms.base import RoundContext
-from nlhf.llm.algorithms.denpo import rank_pairs, step_a
+from nlhf.llm.algorithms.denpo import DENPO, rank_pairs
 from nlhf.llm.config import TrainConfig, dump_config, load_config
+from nlhf.llm.fit import fit
 from nlhf.llm.loop import policy_iterates, sample_average_iterate, train
 from nlhf.llm.rundir import RunDir, run_lock
 from nlhf.llm.samples import RoleSamples, RoundData
@@ -37,7 +37,7 @@ def write_prompts(path: Path) -> Path:
     return path
 
 
-def tiny_config(tmp_path: Path, algorithm: str = "enpo", iterations: int = 2,
+def tiny_config(tmp_path: Path, algorithm: str = "denpo", iterations: int = 2,
                 **sections: Any) -> TrainConfig:
     raw: dict[str, Any] = {
         "run_dir": str(tmp_path / f"run-{algorithm}"),
@@ -64,18 +64,18 @@ def lora_b_norm(folder: Path) -> float:
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["enpo", "inpo", "nash-md", "online-dpo", "online-ipo", "xpo", "sppo"]
+    "algorithm", ["denpo", "inpo", "nash-md", "online-dpo", "online-ipo", "xpo", "sppo"]
 )
 def test_each_algorithm_runs_a_round_and_moves_the_policy(tmp_path: Path, algorithm: str) -> None:
     run = train(tiny_config(tmp_path, algorithm, iterations=1), progress=False)
     # LoRA B starts at zero: any non-zero B means the round trained the policy adapter.
     assert lora_b_norm(run / "adapters/iter_1/policy") > 0
-    assert (run / "adapters/iter_1/adversary").exists() == (algorithm == "enpo")
+    assert (run / "adapters/iter_1/adversary").exists() == (algorithm == "denpo")
     (line,) = (run / "metrics.jsonl").read_text().splitlines()
     m = json.loads(line)
     assert m["iteration"] == 1 and 0 <= m["score_policy"] <= 1
     assert np.isfinite(m["kl_policy_ref"]) and 1 <= m["response_len"] <= 8
-    loss_key = "step_a_loss" if algorithm == "enpo" else "train_loss"
+    loss_key = "step_a_loss" if algorithm == "denpo" else "train_loss"
     assert np.isfinite(m[loss_key]) and m["time_iteration"] > 0
 
 
@@ -156,9 +156,54 @@ def test_rank_pairs_best_with_worst() -> None:
     assert rank_pairs(scores, 2, 1.0) == ([1, 3, 4], [0, 2, 5])
 
 
-def test_one_step_a_step_decreases_the_enpo_loss(make_policy: Any, prompts: Any,
-                                                 tmp_path: Path) -> None:
-    """Exact tiny data, one full-batch AdamW step: the ENPO Step A loss goes down."""
+class FixedRound:
+    """A round's services over fixed data: given samples, given judgements, the real fit."""
+
+    def __init__(self, policy: Any, cfg: TrainConfig, data: RoundData,
+                 answers: list[np.ndarray]) -> None:
+        self.policy, self.cfg, self.data, self.answers = policy, cfg, data, answers
+        self.fits: dict[str, dict[str, Any]] = {}
+        self.timings: dict[str, float] = {}
+
+    def sample(self, *sources: Any) -> RoundData:
+        return self.data
+
+    def logprobs(self, data: RoundData, needs: Any) -> None:
+        return None
+
+    def judge(self, data: RoundData, *questions: Any) -> list[np.ndarray]:
+        return self.answers
+
+    def score(self, data: RoundData, role: str, idx: list[int], model: str) -> torch.Tensor:
+        with torch.no_grad():
+            return self.policy.sequence_logprobs(*data.seqs(role, idx), "policy")
+
+    def policy_logprobs(self, data: RoundData, groups: Any, *, adapter: str) -> torch.Tensor:
+        p_ids: list[Any] = []
+        r_ids: list[Any] = []
+        for role, idx in groups:
+            p, r = data.seqs(role, idx)
+            p_ids, r_ids = p_ids + p, r_ids + r
+        return self.policy.sequence_logprobs(p_ids, r_ids, adapter, grad=True,
+                                             batch_size=len(p_ids))
+
+    def fit(self, name: str, adapter: str, loss_fn: Any, n_items: int,
+            n_extra: int = 0) -> dict[str, Any]:
+        self.fits[name] = fit(self.policy, adapter, n_items, loss_fn, self.cfg.train, 0,
+                              n_extra=n_extra)
+        return self.fits[name]
+
+    def copy_adapter(self, src: str, dst: str) -> None:
+        self.policy.copy_adapter(src, dst)
+
+    def tensor(self, values: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=torch.float32)
+
+
+def test_one_step_a_step_decreases_the_denpo_loss(make_policy: Any, prompts: Any,
+                                                  tmp_path: Path) -> None:
+    """DENPO's own round on exact tiny data, one full-batch AdamW step: its Step A loss is
+    ENPO's loss at the start, and goes down."""
     policy = make_policy(lora=None)
     pair_a = [[10, 11, 12, 0], [20, 21, 0], [30, 31, 32, 33, 0]]
     pair_b = [[40, 41, 0], [50, 51, 52, 0], [60, 0]]
@@ -177,7 +222,9 @@ def test_one_step_a_step_decreases_the_enpo_loss(make_policy: Any, prompts: Any,
         for model, adapter in (("pi_t", "policy"), ("ref", None)):
             p_ids, r_ids = data.seqs(name, range(len(rs)))
             rs.logp[model] = policy.sequence_logprobs(p_ids, r_ids, adapter).double().numpy()
-    iy, iy2 = np.array([0.9, 0.2, 0.6]), np.array([0.1, 0.7, 0.5])
+    # Judge rows: each response against its prompt's 2 comparators.
+    wins_y = np.array([[0.9, 0.9], [0.2, 0.2], [0.6, 0.6]])
+    wins_y2 = np.array([[0.1, 0.1], [0.7, 0.7], [0.5, 0.5]])
     cfg = tiny_config(tmp_path, train={"batch_size": 3, "learning_rate": 1e-2},
                       hparams={"alpha": 0.1})
     h = cfg.hparams
@@ -191,20 +238,21 @@ def test_one_step_a_step_decreases_the_enpo_loss(make_policy: Any, prompts: Any,
             lf = policy.sequence_logprobs(*data.seqs("comparator", fresh), "policy")
         pairs = Pairs(la, lb, data.logp("policy", "ref"), data.logp("adversary", "ref"),
                       data.logp("policy", "pi_t"), data.logp("adversary", "pi_t"))
-        gap = torch.tensor(iy - iy2, dtype=torch.float32)
+        gap = torch.tensor(wins_y.mean(1) - wins_y2.mean(1), dtype=torch.float32)
         return float(enpo_step_a_loss(pairs, gap, eta=h.eta, tau=h.tau, alpha=h.alpha,
                                       fresh=Samples(lf)))
 
-    ctx = RoundContext(policy, cfg, 1, None, None, False, lambda key: None)  # type: ignore[arg-type]
     before = loss()
-    stats = step_a(policy, data, iy, iy2, ctx, h.n_comparators)
+    r = FixedRound(policy, cfg, data, [wins_y, wins_y2])
+    metrics = DENPO(h).round(r)  # type: ignore[arg-type]
     after = loss()
-    assert stats["steps"] == 1
-    assert stats["loss"] == pytest.approx(before, rel=1e-4)
+    assert r.fits["step_a"]["steps"] == 1 and metrics["step_a_steps"] == 1
+    assert metrics["step_a_loss"] == pytest.approx(before, rel=1e-4)
     assert after < before
+    assert metrics["step_b_pairs"] == 3  # one best-vs-worst pair of 2 candidates per prompt
 
 
-@pytest.mark.parametrize("algorithm", ["enpo", "nash-md", "xpo", "sppo", "online-dpo"])
+@pytest.mark.parametrize("algorithm", ["denpo", "nash-md", "xpo", "sppo", "online-dpo"])
 def test_micro_batches_give_the_minibatch_gradient(tmp_path: Path, algorithm: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Gradient accumulation over micro-batches of one pair gives the whole minibatch's

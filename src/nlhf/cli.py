@@ -145,8 +145,10 @@ def train(
         list[str] | None, typer.Option("--set", help="override, e.g. hparams.eta=0.01")
     ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    gpus: Annotated[int, typer.Option(min=1, help="with --dry-run: data-parallel GPUs the "
+                                                  "memory per GPU assumes")] = 1,
 ) -> None:
-    """Train a language model with ENPO (DENPO) or a baseline."""
+    """Train a language model with DENPO (practical ENPO) or a baseline."""
     from nlhf.llm.config import load_config, parse_overrides
 
     overrides = parse_overrides(set_ or [])
@@ -162,7 +164,7 @@ def train(
     if dry_run:
         from nlhf.llm.plan import format_plan, make_plan
 
-        typer.echo(format_plan(make_plan(cfg)))
+        typer.echo(format_plan(make_plan(cfg, gpus=gpus)))
         return
     from nlhf.llm.loop import train as run_training
 

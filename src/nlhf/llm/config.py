@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from nlhf.atomic import write_text_atomic
 from nlhf.errors import NLHFInputError
 
-Algorithm = Literal["enpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"]
+Algorithm = Literal["denpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"]
+#: Algorithm names that changed, with the name to use now.
+RENAMED_ALGORITHMS = {"enpo": "denpo"}
 JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular")
 # Algorithms whose update mixes pi_t and pi_ref with weight tau/eta: they need tau < eta.
-MIRROR_DESCENT_ALGOS = ("enpo", "inpo", "nash-md")
+MIRROR_DESCENT_ALGOS = ("denpo", "inpo", "nash-md")
 
 
 class ConfigFieldError(ValueError):
@@ -158,11 +160,6 @@ class EvalConfig(_Strict):
     temperature: float = Field(0.7, gt=0)
 
 
-class SweepPoint(_Strict):
-    eta: float = Field(gt=0)
-    tau: float = Field(gt=0)
-
-
 def _tau_eta_message(tau: float, eta: float) -> str:
     return f"tau ({tau}) must be < eta ({eta}): eta is the inverse step size"
 
@@ -171,7 +168,7 @@ class TrainConfig(_Strict):
     run_dir: str = "runs/demo"
     seed: int = Field(0, ge=0)
     iterations: int = Field(3, gt=0)
-    algorithm: Algorithm = "enpo"
+    algorithm: Algorithm = "denpo"
     model: ModelConfig = Field(default_factory=ModelConfig)
     hparams: HParams = Field(default_factory=HParams)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -179,7 +176,27 @@ class TrainConfig(_Strict):
     train: TrainOptConfig = Field(default_factory=TrainOptConfig)
     judge: dict[str, Any] = Field(default_factory=lambda: {"type": "criteria"})
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    sweep: list[SweepPoint] | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_sweep(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "sweep" in data:
+            raise ConfigFieldError(
+                "sweep", "nlhf train runs one (eta, tau) point per run; run each point as its "
+                "own run (--set hparams.eta=... --set hparams.tau=... --set run_dir=...), "
+                "see docs/trainer.md"
+            )
+        return data
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _renamed(cls, v: Any) -> Any:
+        if v in RENAMED_ALGORITHMS:
+            raise ValueError(
+                f"'{v}' is now '{RENAMED_ALGORITHMS[v]}': the trainer runs DENPO, the practical "
+                "form of ENPO (the exact ENPO exists in the lab only)"
+            )
+        return v
 
     @field_validator("judge")
     @classmethod
@@ -203,9 +220,6 @@ class TrainConfig(_Strict):
         h = self.hparams
         if h.tau >= h.eta:
             raise ConfigFieldError("hparams.tau", _tau_eta_message(h.tau, h.eta))
-        for i, point in enumerate(self.sweep or []):
-            if point.tau >= point.eta:
-                raise ConfigFieldError(f"sweep.{i}.tau", _tau_eta_message(point.tau, point.eta))
         return self
 
 

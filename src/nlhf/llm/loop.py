@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nlhf.errors import NLHFInputError
-from nlhf.llm.algorithms import LLM_ALGORITHMS, LLMAlgorithm
-from nlhf.llm.algorithms.base import RoundContext
+from nlhf.llm.algorithms import Algorithm, Round, make_algorithm
 from nlhf.llm.config import TrainConfig, dump_config, load_config
 from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
 from nlhf.llm.preflight import Checked, preflight
@@ -46,21 +45,11 @@ from nlhf.llm.rundir import (
     write_metrics,
     write_state,
 )
-from nlhf.llm.samples import (
-    attach_logprobs,
-    load_round,
-    missing_logprobs,
-    round_prompts,
-    run_generation,
-    run_judge,
-    run_logprobs,
-)
+from nlhf.llm.samples import round_prompts
 from nlhf.llm.store import RunStore
 
 if TYPE_CHECKING:
-    from nlhf.llm.judges import CachedJudge
     from nlhf.llm.policy.lm import LMPolicy
-    from nlhf.llm.rollout.base import Generator
 
 __all__ = ["KILL_ENV", "policy_iterates", "sample_average_iterate", "train"]
 
@@ -141,55 +130,23 @@ def _finite(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
-def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
-           train_prompts: list[tuple[int, str]], generator: Generator | None = None
-           ) -> dict[str, float]:
-    """One iteration: collect, label, update; returns its metrics. ``generator``: the
-    ``rollout.backend`` (default: HF on the policy)."""
-    cfg, t, policy = ctx.cfg, ctx.iteration, ctx.policy
-    prompts = round_prompts(train_prompts, cfg.data.prompts_per_iteration, cfg.seed, t)
-    tokens = [policy.encode_prompt(text) for _, text in prompts]
-    sources = algo.sources()
-    gen = ctx.phase("generate", lambda: run_generation(
-        policy, cfg, t, prompts, tokens, sources, ctx.store, ctx.progress, generator, ctx.run,
-        ctx.dist))
-    data = load_round(ctx.store, t, prompts, tokens, sources, policy.device)
-
-    needs = [*algo.logprob_needs(), ("policy", "pi_t"), ("policy", "ref")]
-    lp = ctx.phase("logprobs", lambda: {"values": run_logprobs(
-        policy, data, missing_logprobs(data, needs), cfg.rollout.batch_size, ctx.progress,
-        ctx.dist)})
-    attach_logprobs(data, lp["values"])
-
-    def ask() -> dict[str, Any]:
-        hits, misses = judge.hits, judge.misses
-        probs = run_judge(judge, data, algo.comparisons(data), ctx.progress,
-                          on_chunk=lambda k: ctx.checkpoint(f"{ctx.key('judge')}/chunk{k}"))
-        return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits}
-
-    jp = ctx.phase("judge", ask)
-    probs = np.asarray(jp["probs"], dtype=np.float64)
-
-    metrics = dict(algo.judge_metrics(data, probs))
-    train_metrics = algo.update(ctx, data, probs)
-    pol = data.roles["policy"]
+def _round(r: Round, algo: Algorithm) -> dict[str, float]:
+    """One iteration: the algorithm's round, then the metrics every algorithm reports."""
+    metrics = algo.round(r)
+    assert r.data is not None, f"{algo.name}'s round sampled nothing"
+    pol = r.data.roles["policy"]
     metrics["kl_policy_ref"] = float(np.mean(pol.logp["pi_t"] - pol.logp["ref"]))
-    metrics["response_len"] = float(np.mean([len(r) for r in pol.response_ids]))
-    for name, role in data.roles.items():
-        if name != "policy":
-            metrics[f"response_len_{name}"] = float(np.mean([len(r) for r in role.response_ids]))
-    metrics.update(train_metrics)
-    metrics["prompts"] = float(len(prompts))
-    metrics["judge_calls_total"] = float(ctx.store.count_judge_calls())
-    metrics["time_generate"] = gen["seconds"]
-    metrics["time_logprobs"] = lp["seconds"]
-    metrics["time_judge"] = jp["seconds"]
-    phases = ("generate", "logprobs", "judge", *algo.train_phases)
-    metrics["time_iteration"] = sum(metrics.get(f"time_{p}", 0.0) for p in phases)
+    for name, role in r.data.roles.items():
+        key = "response_len" if name == "policy" else f"response_len_{name}"
+        metrics[key] = float(np.mean([len(ids) for ids in role.response_ids]))
+    metrics["prompts"] = float(len(r.prompts))
+    metrics["judge_calls_total"] = float(r.store.count_judge_calls())
+    metrics.update({f"time_{phase}": seconds for phase, seconds in r.timings.items()})
+    metrics["time_iteration"] = sum(r.timings.values())
     return _finite(metrics)
 
 
-def _finish_round(ctx: RoundContext, metrics: dict[str, float]) -> dict[str, float]:
+def _finish_round(ctx: Round, metrics: dict[str, float]) -> dict[str, float]:
     """Metrics into the store (once), metrics.jsonl and state.json rewritten (rank 0),
     round marked."""
     t, store = ctx.iteration, ctx.store
@@ -255,16 +212,19 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
         policy = _load_policy(cfg, dist.device)
         inner = checked.judge if checked else make_judge(cfg.judge)
         judge = CachedJudge(ShardedJudge(inner, dist) if dist.world > 1 else inner, store)
-        algo = LLM_ALGORITHMS[cfg.algorithm](cfg)
+        algo = make_algorithm(cfg.algorithm, cfg.hparams)
         _restore(policy, run, done)
         # rollout.backend: hf, vllm, openai; under several processes rank 0 alone drives a
-        # server or engine (see trainer.data.sample_source)
+        # server or engine (see llm.samples.sample_source)
         generator = (make_generator(cfg.rollout, policy)
                      if dist.is_main or cfg.rollout.backend == "hf" else None)
         for t in range(done + 1, cfg.iterations + 1):
             start = time.perf_counter()
-            ctx = RoundContext(policy, cfg, t, store, run, progress, _checkpoint, dist)
-            metrics = _finish_round(ctx, _round(ctx, algo, judge, train_prompts, generator))
+            prompts = round_prompts(train_prompts, cfg.data.prompts_per_iteration, cfg.seed, t)
+            r = Round(policy=policy, cfg=cfg, iteration=t, store=store, run=run, judge=judge,
+                      prompts=prompts, progress=progress, checkpoint=_checkpoint,
+                      generator=generator, dist=dist)
+            metrics = _finish_round(r, _round(r, algo))
             console.print(_summary(t, cfg.iterations, metrics), soft_wrap=True,
                           end=f"  (wall {time.perf_counter() - start:.1f}s)\n")
     finally:

@@ -1,32 +1,30 @@
 """Dry-run plan: what a training run will cost, computed from the config alone.
 
-No model is loaded: generation and judge counts follow from the algorithm's accounting
-below, and memory from a parameter count (a known table, or a local ``config.json``).
-
-Accounting per prompt and round (``p`` = pairs_per_prompt, ``n_z`` = n_comparators,
-``c`` = step_b_candidates); a *comparison* is one ``P(a ≻ b)``, and judges query both
-orders to cancel position bias, so one comparison = 2 judge calls:
-
-- **enpo** (DENPO): generations ``2p`` (``y ~ pi_t``, ``y' ~ pihat_t``) + ``n_z``
-  comparators ``z ~ pi_t`` (shared by the prompt's pairs) + ``c`` fresh Step B candidates
-  + 1 proximal sample ``z̃ ~ pi_t`` (only if alpha > 0). Comparisons: each of the ``2p``
-  responses against each comparator, ``2p·n_z``. Step B asks no oracle. We assume the
-  ``m`` pairs labelled per round equal the ``n`` collected (older buffer pairs, if drawn,
-  cost the same per pair).
-- **inpo / online-dpo / online-ipo**: 2 samples from ``pi_t`` per pair; **nash-md**: 1 from
-  ``pi_t`` + 1 from the geometric mixture; **xpo**: 1 from ``pi_t`` + 1 from ``pi_ref``.
-  All: ``2p`` generations, ``p`` comparisons (one per pair).
-- **sppo**: ``p`` labelled samples + ``n_z`` comparators, all from ``pi_t``; comparisons
-  ``p·n_z`` (each labelled sample against each comparator estimates ``P(y ≻ pi_t)``).
+No model is loaded. The counts come from running the algorithm's own round
+(:meth:`~nlhf.llm.algorithms.round.Algorithm.round`) on one prompt against
+:class:`PlanRound`, which answers the round's services with placeholders and counts what
+they would do: generations per (sampler, role), judge comparisons, no-grad scored responses
+and training rows. So the plan can never disagree with the trainer. A *comparison* is one
+P(a ≻ b); judges query both orders to cancel position bias, so one comparison = 2 judge
+calls. Memory follows from a parameter count (a known table, or a local ``config.json``).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from nlhf.llm.algorithms import make_algorithm
+from nlhf.llm.algorithms.round import Question, answer_shape, comparisons
 from nlhf.llm.config import TrainConfig
+from nlhf.llm.fit import Micro
+from nlhf.llm.samples import RoleSamples, RoundData, Source
 
 UNKNOWN = "unknown"
 ASSUMED_PROMPT_TOKENS = 64
@@ -70,43 +68,91 @@ KNOWN_MODELS: dict[str, dict[str, int]] = {
 # --------------------------------------------------------------------------- counts
 
 
+class PlanRound:
+    """The services of :class:`~nlhf.llm.algorithms.round.Round` without a model: each
+    answers with placeholders (log-probs 0, judgements 1/2) and counts its work."""
+
+    def __init__(self, cfg: TrainConfig, n_prompts: int = 1) -> None:
+        self.cfg, self.n_prompts = cfg, n_prompts
+        self.generations: Counter[str] = Counter()
+        self.comparisons = 0
+        self.scored = 0
+        self.train_rows: dict[str, int] = {}
+        self.adapters: set[str] = set()
+        self.data: RoundData | None = None
+        self.timings: dict[str, float] = {}
+        self._rows = 0
+        self.rows_per_item = 0.0
+
+    def sample(self, *sources: Source) -> RoundData:
+        n, new = self.n_prompts, [0] * self.cfg.rollout.max_new_tokens
+        roles: dict[str, RoleSamples] = {}
+        for src in sources:
+            for role, k in src.roles:
+                self.generations[f"{role} (~ {src.model})"] += k * n
+                rs = RoleSamples(role, src.model, k, [i // k for i in range(n * k)],
+                                 [list(new) for _ in range(n * k)], [""] * (n * k))
+                rs.logp[src.model] = np.zeros(n * k)
+                roles[role] = rs
+        self.data = RoundData(0, list(range(n)), [""] * n, [[0] * ASSUMED_PROMPT_TOKENS] * n,
+                              roles)
+        return self.data
+
+    def logprobs(self, data: RoundData, needs: Sequence[tuple[str, str]]) -> None:
+        for role, model in dict.fromkeys([*needs, ("policy", "pi_t"), ("policy", "ref")]):
+            rs = data.roles[role]
+            if model not in rs.logp:
+                self.scored += len(rs)
+                rs.logp[model] = np.zeros(len(rs))
+
+    def judge(self, data: RoundData, *questions: Question) -> list[np.ndarray]:
+        self.comparisons += sum(len(comparisons(data, q)) for q in questions)
+        return [np.full(answer_shape(data, q), 0.5) for q in questions]
+
+    def score(self, data: RoundData, role: str, idx: Sequence[int], model: str) -> torch.Tensor:
+        self.scored += len(idx)
+        return torch.zeros(len(idx))
+
+    def policy_logprobs(self, data: RoundData, groups: Sequence[tuple[str, Sequence[int]]], *,
+                        adapter: str) -> torch.Tensor:
+        rows = sum(len(idx) for _, idx in groups)
+        self._rows += rows
+        return torch.zeros(rows, requires_grad=True)
+
+    def fit(self, name: str, adapter: str, loss_fn: Callable[[Micro], torch.Tensor],
+            n_items: int, n_extra: int = 0) -> dict[str, Any]:
+        """One pass of the loss over every item: the rows one epoch forwards."""
+        self._rows = 0
+        items, extra = list(range(n_items)), list(range(n_extra))
+        if n_items:
+            loss_fn(Micro(items, extra, items, extra))
+        self.train_rows[name] = self._rows
+        self.rows_per_item = max(self.rows_per_item, self._rows / max(1, n_items))
+        self.adapters.add(adapter)
+        return {}
+
+    def copy_adapter(self, src: str, dst: str) -> None:
+        self.adapters.add(dst)
+
+    def tensor(self, values: Any) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values), dtype=torch.float32)
+
+
 def per_prompt_counts(cfg: TrainConfig) -> dict[str, Any]:
-    """Generations (by source), comparisons, scored responses and train sequences per prompt."""
-    h = cfg.hparams
-    p, nz = h.pairs_per_prompt, h.n_comparators
-    algo = cfg.algorithm
-    if algo == "enpo":
-        gens = {
-            "policy (y ~ pi_t)": p,
-            "adversary (y' ~ pihat_t)": p,
-            "comparators (z ~ pi_t)": nz,
-            "step B candidates (~ pi_t)": h.step_b_candidates,
-            "proximal (z~ ~ pi_t)": 1 if h.alpha > 0 else 0,
-        }
-        comparisons = 2 * p * nz
-        scored = 2 * p + nz
-        train_seqs = 2 * p + gens["proximal (z~ ~ pi_t)"] + h.step_b_candidates
-    elif algo == "sppo":
-        gens = {"labelled (y ~ pi_t)": p, "comparators (z ~ pi_t)": nz}
-        comparisons = p * nz
-        scored = p + nz
-        train_seqs = p
-    else:
-        second = {
-            "xpo": "reference (y' ~ pi_ref)",
-            "nash-md": "mixture (y' ~ pi_t^(1-b) pi_ref^b)",
-        }.get(algo, "policy (y' ~ pi_t)")
-        gens = {"policy (y ~ pi_t)": p, second: p}
-        comparisons = p
-        scored = 2 * p
-        train_seqs = 2 * p
+    """Generations (by role and sampler), comparisons, scored responses, training rows and
+    trained adapters per prompt and round, from the algorithm's own round."""
+    r = PlanRound(cfg)
+    make_algorithm(cfg.algorithm, cfg.hparams).round(r)  # type: ignore[arg-type]
     return {
-        "generations": gens,
-        "generations_total": sum(gens.values()),
-        "comparisons": comparisons,
-        "judge_calls": 2 * comparisons,
-        "scored_responses": scored,
-        "train_sequences": train_seqs,
+        "generations": dict(r.generations),
+        "generations_total": sum(r.generations.values()),
+        "comparisons": r.comparisons,
+        "judge_calls": 2 * r.comparisons,
+        "scored_responses": r.scored,
+        "train_sequences": sum(r.train_rows.values()),
+        "train_rows_by_phase": dict(r.train_rows),
+        "adapters": len(r.adapters),
+        "train_rows_per_item": r.rows_per_item,
     }
 
 
@@ -181,8 +227,16 @@ def lora_params(arch: dict[str, int], r: int, targets: list[str]) -> tuple[int, 
     return total * arch["layers"], notes
 
 
-def estimate_memory(cfg: TrainConfig, prompt_tokens: int = ASSUMED_PROMPT_TOKENS) -> dict[str, Any]:
-    """Rough training memory in bytes: weights, adapters, grads, Adam, activations."""
+def estimate_memory(cfg: TrainConfig, prompt_tokens: int = ASSUMED_PROMPT_TOKENS, *,
+                    adapters: int = 1, rows_per_item: float = 2.0, gpus: int = 1
+                    ) -> dict[str, Any]:
+    """Rough training memory per GPU in bytes: weights, adapters, grads, Adam, activations.
+
+    Under data parallelism (accelerate, docs/scaling.md) every GPU holds the whole model,
+    the adapters and their optimizer state, and forwards its share of each minibatch in
+    micro-batches: the activations are those of one micro-batch of ``rows_per_item`` rows per
+    item (e.g. DENPO Step A: y, y' and a proximal sample).
+    """
     arch, source = find_architecture(cfg.model.name)
     if arch is None:
         return {
@@ -191,23 +245,25 @@ def estimate_memory(cfg: TrainConfig, prompt_tokens: int = ASSUMED_PROMPT_TOKENS
             "weights_bytes": UNKNOWN,
             "trainable_params": UNKNOWN,
             "total_bytes": UNKNOWN,
+            "per_gpu_bytes": UNKNOWN,
             "notes": [],
         }
     wbytes = DTYPE_BYTES[cfg.model.dtype]
     params = arch["params"]
-    enpo = cfg.algorithm == "enpo"
     notes: list[str] = []
     if cfg.model.finetune == "lora":
         trainable, notes = lora_params(arch, cfg.model.lora.r, cfg.model.lora.target_modules)
-        adapters = 2 if enpo else 1  # policy (+ adversary) adapters on one frozen base
-        copies = 1
+        copies = 1  # the adapters sit on one frozen base
         adapter_bytes = adapters * trainable * 4
     else:
         trainable = params
-        copies = 3 if enpo else 2  # policy + frozen reference (+ adversary)
+        copies = 1 + adapters  # frozen reference + one full copy per trained policy
         adapter_bytes = 0
     seq = prompt_tokens + cfg.rollout.max_new_tokens
-    b = cfg.train.batch_size
+    t = cfg.train
+    share = -(-t.batch_size // max(1, gpus))  # items of a minibatch on one GPU
+    items = min(share, t.micro_batch_size) if t.micro_batch_size else share
+    b = max(1, int(np.ceil(items * rows_per_item)))  # sequences per forward
     # Korthikanti et al. (2022): ~34·s·b·h + 5·a·s²·b bytes per layer in 16-bit, no
     # recomputation; scaled to the dtype. Plus fp32 logits and their log-softmax.
     per_layer = 34 * seq * b * arch["hidden"] + 5 * arch["heads"] * seq * seq * b
@@ -227,7 +283,10 @@ def estimate_memory(cfg: TrainConfig, prompt_tokens: int = ASSUMED_PROMPT_TOKENS
         "optimizer_bytes": optim,
         "activation_bytes": activations,
         "activation_seq_len": seq,
-        "total_bytes": total,
+        "activation_sequences": b,
+        "gpus": gpus,
+        "per_gpu_bytes": total,
+        "total_bytes": total * gpus,
         "notes": notes,
     }
 
@@ -240,11 +299,13 @@ def make_plan(
     n_train_prompts: int | None = None,
     *,
     prompt_tokens: int = ASSUMED_PROMPT_TOKENS,
+    gpus: int = 1,
 ) -> dict[str, Any]:
     """Counts per round and in total for ``cfg`` (see the module docstring for accounting).
 
     ``n_train_prompts`` (after the held-out split) caps prompts per round when given;
-    ``prompt_tokens`` is the assumed mean prompt length used for token budgets.
+    ``prompt_tokens`` is the assumed mean prompt length used for token budgets; ``gpus`` the
+    data-parallel processes the memory per GPU assumes.
     """
     warnings: list[str] = []
     per_round_prompts = cfg.data.prompts_per_iteration
@@ -278,9 +339,10 @@ def make_plan(
         * cfg.train.epochs,
         "judge_tokens_per_round_max": calls_round * (prompt_tokens + 2 * max_new),
     }
-    sweep_runs = len(cfg.sweep) if cfg.sweep else 1
+    h = cfg.hparams
     return {
         "algorithm": cfg.algorithm,
+        "hparams": {"eta": h.eta, "tau": h.tau, "alpha": h.alpha, "beta": h.beta, "s": h.s},
         "model": cfg.model.name,
         "finetune": cfg.model.finetune,
         "rounds": rounds,
@@ -294,6 +356,7 @@ def make_plan(
         },
         "judge": {
             "type": cfg.judge.get("type"),
+            "model": cfg.judge.get("model") or cfg.judge.get("function"),
             "comparisons_per_prompt": pp["comparisons"],
             "calls_per_prompt": pp["judge_calls"],
             "calls_per_round": calls_round,
@@ -301,12 +364,8 @@ def make_plan(
             "scored_responses_per_round": pp["scored_responses"] * per_round_prompts,
         },
         "tokens": tokens,
-        "memory": estimate_memory(cfg, prompt_tokens),
-        "sweep_runs": sweep_runs,
-        "all_runs": {
-            "generations": gens_round * rounds * sweep_runs,
-            "judge_calls": calls_round * rounds * sweep_runs,
-        },
+        "memory": estimate_memory(cfg, prompt_tokens, adapters=pp["adapters"],
+                                  rows_per_item=pp["train_rows_per_item"], gpus=gpus),
         "warnings": warnings,
     }
 
@@ -337,6 +396,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     g, j, t, m = plan["generations"], plan["judge"], plan["tokens"], plan["memory"]
     rows: list[tuple[str, str]] = [
         ("algorithm", str(plan["algorithm"])),
+        ("hyper-parameters", ", ".join(f"{k} {v:g}" for k, v in plan["hparams"].items())),
         ("model", f"{plan['model']} ({plan['finetune']})"),
         ("rounds", str(plan["rounds"])),
         ("prompts per round", _count(plan["prompts_per_round"])),
@@ -346,7 +406,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         ("generations per round", _count(g["per_round"])),
         ("generations total", _count(g["total"])),
         ("", ""),
-        (f"judge ({j['type']}) comparisons/prompt", str(j["comparisons_per_prompt"])),
+        ("judge", f"{j['type']}" + (f" ({j['model']})" if j.get("model") else "")),
+        ("judge comparisons per prompt", str(j["comparisons_per_prompt"])),
         ("judge calls per round (x2 orders)", _count(j["calls_per_round"])),
         ("judge calls total", _count(j["calls_total"])),
         ("responses scored per round", _count(j["scored_responses_per_round"])),
@@ -366,16 +427,11 @@ def format_plan(plan: dict[str, Any]) -> str:
             ("adapters", _bytes(m["adapter_bytes"])),
             ("gradients (fp32)", _bytes(m["gradient_bytes"])),
             ("Adam state (2x fp32)", _bytes(m["optimizer_bytes"])),
-            (f"activations (seq {m['activation_seq_len']}, rough)", _bytes(m["activation_bytes"])),
+            (f"activations ({m['activation_sequences']} seqs x {m['activation_seq_len']} tokens)",
+             _bytes(m["activation_bytes"])),
         ]
-    rows.append(("memory total (rough)", _bytes(m["total_bytes"])))
-    if plan["sweep_runs"] > 1:
-        rows += [
-            ("", ""),
-            ("sweep runs", str(plan["sweep_runs"])),
-            ("generations, all runs", _count(plan["all_runs"]["generations"])),
-            ("judge calls, all runs", _count(plan["all_runs"]["judge_calls"])),
-        ]
+    rows.append((f"memory per GPU (rough, {m.get('gpus', 1)} GPU data-parallel)",
+                 _bytes(m["per_gpu_bytes"])))
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}".rstrip() for k, v in rows]
     lines += [f"warning: {w}" for w in [*plan["warnings"], *m.get("notes", [])]]

@@ -84,8 +84,17 @@ class RoleSamples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def index(self, pos: int, k: int) -> int:
+    def at(self, pos: int, k: int) -> int:
+        """Where sample ``k`` of the round's prompt ``pos`` sits (samples are prompt-major)."""
         return pos * self.per_prompt + k
+
+    def column(self, k: int) -> list[int]:
+        """Sample ``k`` of every prompt, in prompt order."""
+        return [self.at(pos, k) for pos in range(len(self) // self.per_prompt)]
+
+    def first(self, n: int) -> list[int]:
+        """The first ``n`` samples of every prompt, prompt-major."""
+        return [self.at(pos, k) for pos in range(len(self) // self.per_prompt) for k in range(n)]
 
 
 @dataclass

@@ -1,21 +1,36 @@
-"""The LLM trainer's parts, one job per module; :mod:`nlhf.llm.loop` runs them.
+"""The algorithms' rounds on a language model, one file each (pairwise baselines share one).
 
-- :mod:`~nlhf.llm.rundir`: run-directory layout, atomic writers, ``policy_iterates``.
-- :mod:`~nlhf.llm.samples`: prompts per round, rollouts, log-prob passes, judge calls.
-- :mod:`~nlhf.llm.fit`: the one optimisation loop (AdamW, minibatches, clipping).
-- :mod:`~nlhf.llm.algorithms.base`: resumable phases and the algorithm interface.
-- :mod:`~nlhf.llm.algorithms.denpo`, :mod:`~nlhf.llm.algorithms.pairwise`: each algorithm's round.
+- :mod:`~nlhf.llm.algorithms.round`: the services a round uses (sample, judge, fit).
+- :mod:`~nlhf.llm.algorithms.denpo`: DENPO, the practical ENPO (policy + adversary).
+- :mod:`~nlhf.llm.algorithms.pairwise`: INPO, Nash-MD, online DPO / IPO, XPO as one table.
+- :mod:`~nlhf.llm.algorithms.sppo`: SPPO.
 """
 
 from __future__ import annotations
 
-from nlhf.llm.algorithms.base import LLMAlgorithm
-from nlhf.llm.algorithms.denpo import ENPO
-from nlhf.llm.algorithms.pairwise import INPO, SPPO, XPO, NashMD, OnlineDPO, OnlineIPO
+from typing import TYPE_CHECKING
 
-LLM_ALGORITHMS: dict[str, type[LLMAlgorithm]] = {
-    cls.name: cls for cls in (ENPO, INPO, NashMD, OnlineDPO, OnlineIPO, XPO, SPPO)
-}
+from nlhf.errors import NLHFInputError
+from nlhf.llm.algorithms.denpo import DENPO
+from nlhf.llm.algorithms.pairwise import METHODS, Pairwise
+from nlhf.llm.algorithms.round import Algorithm, Round
+from nlhf.llm.algorithms.sppo import SPPO
 
-__all__ = ["ENPO", "INPO", "LLM_ALGORITHMS", "SPPO", "XPO", "LLMAlgorithm", "NashMD",
-           "OnlineDPO", "OnlineIPO"]
+if TYPE_CHECKING:
+    from nlhf.llm.config import HParams
+
+#: Every algorithm the trainer runs, by its config name.
+ALGORITHMS: tuple[str, ...] = ("denpo", *METHODS, "sppo")
+
+def make_algorithm(name: str, h: HParams) -> Algorithm:
+    """The algorithm called ``name`` with hyper-parameters ``h``."""
+    if name == "denpo":
+        return DENPO(h)
+    if name == "sppo":
+        return SPPO(h)
+    if name in METHODS:
+        return Pairwise(h, name)
+    raise NLHFInputError(f"algorithm: unknown '{name}'; choose one of {', '.join(ALGORITHMS)}")
+
+
+__all__ = ["ALGORITHMS", "DENPO", "SPPO", "Algorithm", "Pairwise", "Round", "make_algorithm"]

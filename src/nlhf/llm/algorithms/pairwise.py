@@ -1,38 +1,32 @@
-"""The NLHF baselines' rounds on a language model (SPEC §2), one small class each.
+"""The pairwise NLHF baselines (SPEC §2) as one round and a table of their differences.
 
-Pairwise methods (INPO, online DPO / IPO, XPO, Nash-MD) draw ``p`` pairs per prompt (y, y')
-and ask the judge P(y ≻ y'). The judge gives a probability, not a coin flip, so each pairwise
-loss is taken in expectation over the oracle's Bernoulli outcome: the pair enters in both
-orientations with weights p and 1 − p (:func:`~nlhf.llm.algorithms.base.outcome_weights`). That is
-the INPO objective exactly (its minimiser is the OMD step), with no sampling noise.
+Each draws ``p`` pairs per prompt (y ~ pi_t, y' ~ the method's opponent) and asks the judge
+P(y ≻ y') once per pair. The judge gives a probability, not a coin flip, so the loss is taken
+in expectation over the oracle's Bernoulli outcome: the pair enters in both orientations with
+weights p and 1 − p. For INPO that is its objective exactly (the minimiser is the OMD step),
+with no sampling noise.
 
-- **inpo, online-dpo, online-ipo**: y, y' ~ pi_t (one generate call).
-- **xpo**: y ~ pi_t, y' = ỹ ~ pi_ref; loss DPO + alpha·mean log pi(ỹ) (SPEC's plus sign).
-- **nash-md**: the geometric mixture mu_t ∝ pi_t^{1−tau/eta}·pi_ref^{tau/eta} has no sampler
-  for a language model (its normaliser is a sum over all responses). We sample y, y' ~ pi_t
-  and importance-weight each pair by mu_t(y)·mu_t(y') / (pi_t(y)·pi_t(y')), i.e. by
-  exp((tau/eta)·Σ(log ref − log pi_t)), self-normalised over the round (normalisers cancel).
-  The estimate is consistent but high-variance once pi_t drifts far from pi_ref.
-- **sppo**: ``p`` samples y ~ pi_t plus ``n_z`` comparators z ~ pi_t per prompt;
-  P̂(y ≻ pi_t) = mean_z P(y ≻ z).
+Nash-MD's opponent is the geometric mixture mu_t ∝ pi_t^{1−tau/eta}·pi_ref^{tau/eta}, which has
+no sampler for a language model (its normaliser sums over all responses). We sample
+y, y' ~ pi_t and weight each pair by mu_t(y)·mu_t(y') / (pi_t(y)·pi_t(y')), i.e. by
+exp((tau/eta)·Σ(log ref − log pi_t)), self-normalised over the *round* (weights of mean 1;
+normalisers cancel). Each minibatch divides by its number of pairs, not by its weights'
+sum, so averaging over minibatches gives the round's estimate whatever the batch size
+(dividing by each minibatch's weights would undo the weighting: at batch size 1 it is INPO).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from nlhf.llm.algorithms.base import (
-    LLMAlgorithm,
-    RoundContext,
-    oriented,
-    outcome_weights,
-    phase_metrics,
-)
-from nlhf.llm.fit import Micro, fit
-from nlhf.llm.samples import Comparison, RoundData, Source
+from nlhf.llm.algorithms.round import Algorithm, Round, SideBySide, phase_metrics
+from nlhf.llm.fit import Micro
+from nlhf.llm.samples import Source
 from nlhf.losses import (
     Pairs,
     Samples,
@@ -40,183 +34,96 @@ from nlhf.losses import (
     nash_md_loss,
     online_dpo_loss,
     online_ipo_loss,
-    sppo_loss,
     xpo_loss,
 )
 
+if TYPE_CHECKING:
+    from nlhf.llm.config import HParams
+
 Tensor = torch.Tensor
+#: loss(oriented pairs, the policy's log-probs of the opponent's samples, hparams)
+PairLoss = Callable[[Pairs, Samples, "HParams"], Tensor]
 
 
-class PairwiseRound(LLMAlgorithm):
-    """Shared round of the pairwise methods: pairs (policy_i, opponent_i), one comparison each."""
+@dataclass(frozen=True)
+class PairwiseMethod:
+    """What one pairwise method changes: who samples y', what the loss needs, the loss."""
 
-    opponent_model: ClassVar[str] = "pi_t"
-    uses_pi_t: ClassVar[bool] = False
-
-    def sources(self) -> list[Source]:
-        p = self.h.pairs_per_prompt
-        if self.opponent_model == "pi_t":
-            return [Source("pi_t", (("policy", p), ("opponent", p)))]
-        return [Source("pi_t", (("policy", p),)), Source(self.opponent_model, (("opponent", p),))]
-
-    def logprob_needs(self) -> list[tuple[str, str]]:
-        needs = [("policy", "ref"), ("opponent", "ref")]
-        if self.uses_pi_t:
-            needs += [("policy", "pi_t"), ("opponent", "pi_t")]
-        return needs
-
-    def comparisons(self, data: RoundData) -> list[Comparison]:
-        return [("policy", i, "opponent", i) for i in range(len(data.roles["policy"]))]
-
-    def judge_metrics(self, data: RoundData, probs: np.ndarray) -> dict[str, float]:
-        return {"score_policy": float(np.mean(probs))}
-
-    def pair_weights(self, data: RoundData) -> Tensor | None:
-        """Extra per-pair weights (Nash-MD's importance weights); None: uniform."""
-        return None
-
-    def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor, norm: float) -> Tensor:
-        """The algorithm's loss on the oriented pairs ``idx`` of a micro-batch; ``norm`` is
-        the whole minibatch's total weight (the loss's denominator)."""
-        raise NotImplementedError
-
-    def update(self, ctx: RoundContext, data: RoundData, probs: np.ndarray) -> dict[str, float]:
-        p_win = data.tensor(probs)
-        extra_w = self.pair_weights(data)
-
-        def weights(idx: list[int]) -> Tensor:
-            """Weights p and 1 − p of the two orientations, times any extra pair weight."""
-            w = outcome_weights(p_win[idx])
-            return w if extra_w is None else w * extra_w[idx].repeat(2)
-
-        def body() -> dict[str, Any]:
-            def loss_fn(m: Micro) -> Tensor:
-                idx = m.items
-                pa, ra = data.seqs("policy", idx)
-                pb, rb = data.seqs("opponent", idx)
-                lp = ctx.policy.sequence_logprobs(pa + pb, ra + rb, "policy", grad=True,
-                                                  batch_size=2 * len(idx))
-                n = len(idx)
-                lw, ll = oriented(lp[:n], lp[n:])
-                # The loss's denominator is the whole minibatch's weight (fit's micro-batches).
-                return self.pair_loss(lw, ll, data, idx, weights(idx),
-                                      float(weights(m.batch).sum()))
-
-            return fit(ctx.policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
-                       ctx.seed("train"), progress=ctx.progress,
-                       desc=f"{self.name} (iter {ctx.iteration})", on_step=ctx.on_step("train"),
-                       dist=ctx.dist)
-
-        return phase_metrics("train", ctx.train_phase("train", "policy", body))
-
-    @staticmethod
-    def both(data: RoundData, model: str, idx: list[int]) -> tuple[Tensor, Tensor]:
-        """Stored log-probs of (policy, opponent) samples, oriented like the policy's."""
-        return oriented(data.logp("policy", model, idx), data.logp("opponent", model, idx))
+    opponent: str  # the sampler of y': "pi_t" or "ref"
+    uses_pi_t: bool  # the loss reads pi_t's log-probs of the pair
+    importance_weighted: bool  # Nash-MD's reweighting from pi_t to the mixture mu_t
+    loss: PairLoss
 
 
-class INPO(PairwiseRound):
-    name = "inpo"
-    uses_pi_t = True
-
-    def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor, norm: float) -> Tensor:
-        rw, rl = self.both(data, "ref", idx)
-        ow, ol = self.both(data, "pi_t", idx)
-        return inpo_loss(Pairs(lw, ll, rw, rl, ow, ol, weight, norm), eta=self.h.eta,
-                         tau=self.h.tau)
-
-
-class NashMD(PairwiseRound):
-    name = "nash-md"
-    uses_pi_t = True
-
-    def pair_weights(self, data: RoundData) -> Tensor:
-        mix = self.h.tau / self.h.eta
-        log_w = sum(mix * (data.roles[r].logp["ref"] - data.roles[r].logp["pi_t"])
-                    for r in ("policy", "opponent"))
-        w = np.exp(log_w - np.max(log_w))
-        return data.tensor(w / w.mean())
-
-    def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor, norm: float) -> Tensor:
-        rw, rl = self.both(data, "ref", idx)
-        ow, ol = self.both(data, "pi_t", idx)
-        return nash_md_loss(Pairs(lw, ll, rw, rl, ow, ol, weight, norm), eta=self.h.eta,
-                            tau=self.h.tau)
+METHODS: dict[str, PairwiseMethod] = {
+    "inpo": PairwiseMethod("pi_t", True, False,
+                           lambda pairs, _, h: inpo_loss(pairs, eta=h.eta, tau=h.tau)),
+    "nash-md": PairwiseMethod("pi_t", True, True,
+                              lambda pairs, _, h: nash_md_loss(pairs, eta=h.eta, tau=h.tau)),
+    "online-dpo": PairwiseMethod("pi_t", False, False,
+                                 lambda pairs, _, h: online_dpo_loss(pairs, beta=h.beta)),
+    "online-ipo": PairwiseMethod("pi_t", False, False,
+                                 lambda pairs, _, h: online_ipo_loss(pairs, beta=h.beta)),
+    "xpo": PairwiseMethod("ref", False, False,
+                          lambda pairs, opp, h: xpo_loss(pairs, opp, beta=h.beta, alpha=h.alpha)),
+}
 
 
-class OnlineDPO(PairwiseRound):
-    name = "online-dpo"
-
-    def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor, norm: float) -> Tensor:
-        rw, rl = self.both(data, "ref", idx)
-        return online_dpo_loss(Pairs(lw, ll, rw, rl, weight=weight, norm=norm), beta=self.h.beta)
-
-
-class OnlineIPO(PairwiseRound):
-    name = "online-ipo"
-
-    def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor, norm: float) -> Tensor:
-        rw, rl = self.both(data, "ref", idx)
-        return online_ipo_loss(Pairs(lw, ll, rw, rl, weight=weight, norm=norm), beta=self.h.beta)
+def nash_md_weights(ref: np.ndarray, pi_t: np.ndarray, eta: float, tau: float) -> np.ndarray:
+    """Per-pair importance weights from pi_t×pi_t to mu_t×mu_t, normalised to mean 1 over
+    the round. ``ref`` and ``pi_t`` hold each pair's summed log-probs (y plus y')."""
+    log_w = (tau / eta) * (ref - pi_t)
+    w = np.exp(log_w - np.max(log_w))
+    return w / w.mean()
 
 
-class XPO(PairwiseRound):
-    name = "xpo"
-    opponent_model = "ref"
-
-    def pair_loss(self, lw: Tensor, ll: Tensor, data: RoundData, idx: list[int],
-                  weight: Tensor, norm: float) -> Tensor:
-        rw, rl = self.both(data, "ref", idx)
-        n = len(idx)
-        # Rows n.. of lw are the opponent's samples ỹ ~ pi_ref under the trained policy. XPO
-        # has no pair weights beyond the outcome's, so norm is the minibatch's pair count.
-        pairs = Pairs(lw, ll, rw, rl, weight=weight, norm=norm)
-        return xpo_loss(pairs, Samples(lw[n:], norm=norm), beta=self.h.beta, alpha=self.h.alpha)
+def oriented(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Both orientations of a pair: (winner, loser) rows (a, b) then (b, a)."""
+    return torch.cat([a, b]), torch.cat([b, a])
 
 
-class SPPO(LLMAlgorithm):
-    name = "sppo"
+class Pairwise(Algorithm):
+    """The round of every method in :data:`METHODS`; ``name`` picks the row."""
 
-    def sources(self) -> list[Source]:
-        return [Source("pi_t", (("policy", self.h.pairs_per_prompt),
-                                ("comparator", self.h.n_comparators)))]
+    def __init__(self, h: HParams, name: str) -> None:
+        super().__init__(h)
+        self.name = name
+        self.method = METHODS[name]
 
-    def logprob_needs(self) -> list[tuple[str, str]]:
-        return [("policy", "pi_t")]
+    def round(self, r: Round) -> dict[str, float]:
+        h, m, p = self.h, self.method, self.h.pairs_per_prompt
+        # 1. Sample pairs y ~ pi_t, y' ~ opponent (one generate call when both are pi_t).
+        if m.opponent == "pi_t":
+            data = r.sample(Source("pi_t", (("policy", p), ("opponent", p))))
+        else:
+            data = r.sample(Source("pi_t", (("policy", p),)),
+                            Source(m.opponent, (("opponent", p),)))
+        models = ("ref", "pi_t") if m.uses_pi_t else ("ref",)
+        r.logprobs(data, [(role, model) for role in ("policy", "opponent") for model in models])
+        y, y2 = data.roles["policy"], data.roles["opponent"]
 
-    def comparisons(self, data: RoundData) -> list[Comparison]:
-        pol, comp = data.roles["policy"], data.roles["comparator"]
-        return [("policy", pol.index(pos, k), "comparator", comp.index(pos, j))
-                for pos in range(len(data.prompt_ids))
-                for k in range(pol.per_prompt)
-                for j in range(comp.per_prompt)]
+        # 2. Judge each pair once: P(y ≻ y').
+        (p_win,) = r.judge(data, SideBySide("policy", "opponent"))
 
-    def win_rates(self, probs: np.ndarray) -> np.ndarray:
-        return np.asarray(probs, dtype=np.float64).reshape(-1, self.h.n_comparators).mean(-1)
+        # 3. Targets: outcome weights p and 1 − p of the two orientations, times Nash-MD's
+        #    importance weights (1 for the others).
+        win = r.tensor(p_win)
+        iw = r.tensor(nash_md_weights(y.logp["ref"] + y2.logp["ref"],
+                                      y.logp["pi_t"] + y2.logp["pi_t"], h.eta, h.tau)
+                      if m.importance_weighted else np.ones(len(y)))
+        ref_y, ref_y2 = r.tensor(y.logp["ref"]), r.tensor(y2.logp["ref"])
+        old_y, old_y2 = (r.tensor(y.logp["pi_t"]), r.tensor(y2.logp["pi_t"])) if m.uses_pi_t \
+            else (None, None)
 
-    def judge_metrics(self, data: RoundData, probs: np.ndarray) -> dict[str, float]:
-        return {"score_policy": float(self.win_rates(probs).mean())}
+        # 4. Fit pi_{t+1} on the expected loss; each minibatch divides by its pair count.
+        def loss(mb: Micro) -> Tensor:
+            i, norm = mb.items, float(len(mb.batch))
+            lp = r.policy_logprobs(data, [("policy", i), ("opponent", i)], adapter="policy")
+            (lw, ll), (rw, rl) = oriented(lp[:len(i)], lp[len(i):]), oriented(ref_y[i], ref_y2[i])
+            ow, ol = oriented(old_y[i], old_y2[i]) if old_y is not None else (None, None)
+            weight = torch.cat([win[i], 1.0 - win[i]]) * iw[i].repeat(2)
+            pairs = Pairs(lw, ll, rw, rl, ow, ol, weight=weight, norm=norm)
+            return m.loss(pairs, Samples(lp[len(i):], norm=norm), h)
 
-    def update(self, ctx: RoundContext, data: RoundData, probs: np.ndarray) -> dict[str, float]:
-        rate = data.tensor(self.win_rates(probs))
-
-        def body() -> dict[str, Any]:
-            def loss_fn(m: Micro) -> Tensor:
-                idx = m.items
-                p_ids, r_ids = data.seqs("policy", idx)
-                lp = ctx.policy.sequence_logprobs(p_ids, r_ids, "policy", grad=True,
-                                                  batch_size=len(idx))
-                samples = Samples(lp, data.logp("policy", "pi_t", idx), norm=float(len(m.batch)))
-                return sppo_loss(samples, rate[idx], eta=self.h.eta)
-
-            return fit(ctx.policy, "policy", len(data.roles["policy"]), loss_fn, ctx.cfg.train,
-                       ctx.seed("train"), progress=ctx.progress,
-                       desc=f"sppo (iter {ctx.iteration})", on_step=ctx.on_step("train"),
-                       dist=ctx.dist)
-
-        return phase_metrics("train", ctx.train_phase("train", "policy", body))
+        stats = r.fit("train", "policy", loss, n_items=len(y))
+        return {"score_policy": float(p_win.mean()), **phase_metrics("train", stats)}
