@@ -16,6 +16,7 @@ import numpy as np
 from nlhf.errors import NLHFInputError
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
 from nlhf.lab.games import Game, gap, gap_per_context, load_game, make_instance, regret_curve
+from nlhf.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,6 @@ def run_experiment(exp: Experiment, workers: int | None = None, progress: bool =
     """Run all specs (in parallel where cores allow) and gather the results document."""
     import multiprocessing as mp
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     for spec in exp.specs:
         if spec.algorithm not in ALGORITHMS:
             raise NLHFInputError(
@@ -114,16 +113,9 @@ def run_experiment(exp: Experiment, workers: int | None = None, progress: bool =
         ctx = mp.get_context("spawn") if workers > 1 else None
         with (
             ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
-            Progress(
-                TextColumn("[bold]simulate"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} rounds"),
-                TimeElapsedColumn(),
-                disable=not progress,
-                transient=False,
-            ) as bar,
+            progress_bar(progress) as bar,
         ):
-            task = bar.add_task("rounds", total=total)
+            task = bar.add_task("simulate (rounds)", total=total)
             futures = [pool.submit(run_one, spec, queue) for spec in exp.specs]
             pending = set(futures)
             while pending:

@@ -23,7 +23,7 @@ import torch
 from nlhf.llm.batching import even_batches
 from nlhf.llm.distributed import SINGLE, Dist, trained_module
 from nlhf.llm.policy.loading import set_seed
-from nlhf.llm.samples import bar
+from nlhf.progress import progress_bar
 
 if TYPE_CHECKING:
     from torch import nn
@@ -103,7 +103,7 @@ def fit(
     n_batches = -(-n_items // bs)
     losses: list[float] = []
     norms: list[float] = []
-    with (bar(progress) as pb, training_mode(policy, adapter),
+    with (progress_bar(progress) as pb, training_mode(policy, adapter),
           dist.data_parallel(policy, adapter, optimizer) as stepper):
         task = pb.add_task(desc, total=n_batches * opt.epochs)
         for _ in range(opt.epochs):

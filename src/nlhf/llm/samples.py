@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nlhf.errors import NLHFInputError
 from nlhf.llm.distributed import SINGLE, Dist, sharded_logprobs
 from nlhf.llm.rollout.base import Generator, HFGenerator
+from nlhf.progress import progress_bar
 
 if TYPE_CHECKING:
     from nlhf.llm.config import TrainConfig
@@ -53,11 +53,6 @@ def round_prompts(train: Sequence[tuple[int, str]], n: int, seed: int, iteration
     """The round's ``n`` training prompts (all of them if fewer), drawn from (seed, t)."""
     order = np.random.default_rng(phase_seed(seed, iteration, "prompts")).permutation(len(train))
     return [train[int(i)] for i in order[: min(n, len(train))]]
-
-
-def bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), disable=not enabled, transient=False)
 
 
 @dataclass(frozen=True)
@@ -292,7 +287,7 @@ def run_logprobs(policy: LMPolicy, data: RoundData, todo: Sequence[tuple[str, st
     for role, model in todo:
         by_model.setdefault(model, []).append(role)
     out: dict[str, list[float]] = {}
-    with bar(progress) as pb:
+    with progress_bar(progress) as pb:
         task = pb.add_task("log-probs", total=sum(len(data.roles[r]) for r, _ in todo))
         for model, roles in by_model.items():
             rows = [(role, i) for role in roles for i in range(len(data.roles[role]))]
@@ -333,7 +328,7 @@ def run_judge(judge: CachedJudge, data: RoundData, comparisons: Sequence[Compari
     a = [data.roles[ra].texts[ia] for ra, ia, _, _ in comparisons]
     b = [data.roles[rb].texts[ib] for _, _, rb, ib in comparisons]
     out: list[float] = []
-    with bar(progress) as pb:
+    with progress_bar(progress) as pb:
         task = pb.add_task(f"judge ({judge.name})", total=len(comparisons))
         for s in range(0, len(comparisons), JUDGE_CHUNK):
             e = s + JUDGE_CHUNK

@@ -13,17 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from nlhf.llm.batching import even_batches
 from nlhf.llm.policy.lm import distinct_prompts, left_pad
+from nlhf.progress import progress_bar
 
 if TYPE_CHECKING:
     from nlhf.llm.policy.lm import LMPolicy
@@ -139,17 +132,6 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
 Job = tuple[int, list[int]]
 
 
@@ -191,7 +173,7 @@ def generate_batches(
     results: dict[int, Sample] = {}
     todo = list(run)
     name = adapter or "reference"
-    with _progress(progress) as bar, policy.using(adapter) as model, torch.no_grad():
+    with progress_bar(progress) as bar, policy.using(adapter) as model, torch.no_grad():
         task = bar.add_task(f"generate ({name})", total=sum(len(batches[b]) for b in todo))
         for b in todo:
             idx = batches[b]

@@ -37,7 +37,8 @@ from nlhf.llm.rollout.base import (
     lora_folder,
     request_seed,
 )
-from nlhf.llm.rollout.hf import Sample, _progress, prompt_lists
+from nlhf.llm.rollout.hf import Sample, prompt_lists
+from nlhf.progress import progress_bar
 
 _NOT_LOADED = ("not found", "cannot be found", "does not exist")
 
@@ -219,7 +220,7 @@ class OpenAIServerGenerator(Generator):
             return []
         pool = ThreadPoolExecutor(min(self.concurrency, len(prompts)))
         try:
-            with _progress(progress) as bar:
+            with progress_bar(progress) as bar:
                 task = bar.add_task(f"generate ({adapter or self.model}, server)",
                                     total=len(prompts) * n_per_prompt)
                 futures: dict[Future[list[Sample]], int] = {
