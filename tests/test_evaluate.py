@@ -1,4 +1,4 @@
-"""Evaluation of trained runs (on fake run directories) and the interval helpers."""
+"""Evaluation of trained runs (on fake run directories); intervals: tests/test_stats.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig, dump_config
-from nlhf.stats import bootstrap_interval, mean_interval, t_interval, wilson_interval
 
 # Three criteria without the MiniLM one: a real vote, no model load.
 CHEAP_JUDGE = {"type": "criteria", "criteria": ["length", "diversity", "structure"]}
@@ -22,38 +21,6 @@ HELDOUT = [
     "Hi", "What is the capital of France?", "Write a haiku about autumn.",
     "Explain gravity briefly.", "List three fruits.", "Why is the sky blue?",
 ]
-
-
-# --------------------------------------------------------------------------- stats
-
-
-def test_t_interval_known_case() -> None:
-    # mean 3, sd sqrt(2.5), t_{0.975, 4} = 2.776445: 3 ± 2.776445 * sqrt(2.5 / 5)
-    lo, hi = t_interval([1, 2, 3, 4, 5])
-    assert lo == pytest.approx(3 - 2.776445 * math.sqrt(0.5), abs=1e-5)
-    assert hi == pytest.approx(3 + 2.776445 * math.sqrt(0.5), abs=1e-5)
-    assert t_interval([0.7]) == (0.7, 0.7)
-
-
-def test_wilson_known_case() -> None:
-    lo, hi = wilson_interval(8, 10)  # textbook value: (0.4902, 0.9433)
-    assert (lo, hi) == pytest.approx((0.490162, 0.943318), abs=1e-5)
-    assert wilson_interval(0, 10)[0] == 0.0
-    assert wilson_interval(10, 10)[1] == 1.0
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    with pytest.raises(ValueError):
-        wilson_interval(11, 10)
-
-
-def test_bootstrap_reproducible_and_clipped() -> None:
-    x = np.random.default_rng(3).uniform(size=40)
-    a = bootstrap_interval(x, seed=1)
-    assert a == bootstrap_interval(x, seed=1)
-    assert a[0] < x.mean() < a[1]
-    assert bootstrap_interval([0.5] * 5) == (0.5, 0.5)
-    assert mean_interval([0.0, 1.0], bounds=(0.0, 1.0)) == (0.0, 1.0)  # t would leave [0, 1]
-    with pytest.raises(ValueError, match="unknown interval"):
-        mean_interval([0.1, 0.2], method="wald")
 
 
 # --------------------------------------------------------------------------- fake runs
