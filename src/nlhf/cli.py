@@ -178,14 +178,18 @@ def eval_(
         str, typer.Option(help="'reference' or another run directory")
     ] = "reference",
     judge: Annotated[str | None, typer.Option(help="judge spec as JSON/YAML, or a file")] = None,
-    iterate: Annotated[str, typer.Option(help="last, average, or an iteration number")] = "last",
+    iterate: Annotated[
+        str,
+        typer.Option(help="comma list of: last, average, each (every saved iterate), or N"),
+    ] = "last,average",
     n_prompts: Annotated[int | None, typer.Option(help="first N held-out prompts")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Win-rate of a run's policy against the reference or another run, with 95% CIs."""
+    """Win-rate of a run's iterates (last and average by default) against the reference or
+    another run, with 95% CIs."""
     import yaml
 
-    from nlhf.llm.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate_iterates
 
     spec = None
     if judge is not None:
@@ -198,8 +202,8 @@ def eval_(
             ) from None
         if not isinstance(spec, dict):
             raise NLHFInputError("--judge: expected a mapping such as {type: criteria}")
-    evaluate(
-        run, against=against, judge=spec, iterate=iterate, n_prompts=n_prompts, progress=progress
+    evaluate_iterates(
+        run, iterate, against=against, judge=spec, n_prompts=n_prompts, progress=progress
     )
 
 
