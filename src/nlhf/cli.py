@@ -1,4 +1,4 @@
-"""The ``nlhf`` command: simulate, nash, train, eval, report.
+"""The ``nlhf`` command: simulate, nash, train, eval, report, export.
 
 Bad input raises :class:`NLHFInputError`; ``main`` prints its one-line message and exits 2.
 """
@@ -213,6 +213,23 @@ def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     from nlhf.llm.report import report as write_report
 
     typer.echo(f"wrote {write_report(run)}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    out: Annotated[Path, typer.Option(help="new folder for the merged model")],
+    iterate: Annotated[str, typer.Option(help="last or an iteration number")] = "last",
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="also upload to this Hub repo id (needs a token)")
+    ] = None,
+) -> None:
+    """Write the run's policy merged into its base, with tokenizer and model card."""
+    from nlhf.llm.export import export as export_run
+
+    typer.echo(f"wrote {export_run(run, out, iterate=iterate, push_to_hub=push_to_hub)}")
+    if push_to_hub:
+        typer.echo(f"uploaded to https://huggingface.co/{push_to_hub}")
 
 
 def main() -> None:
