@@ -180,6 +180,8 @@ class TrainConfig(_Strict):
     judge: dict[str, Any] = Field(default_factory=lambda: {"type": "criteria"})
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sweep: list[SweepPoint] | None = Field(None, min_length=1)
+    #: Experiment trackers fed each finished iteration's metrics (nlhf.llm.tracking).
+    report_to: list[Literal["tensorboard", "trackio", "wandb"]] = Field(default_factory=list)
 
     @field_validator("judge")
     @classmethod
