@@ -69,8 +69,8 @@ def test_missing_tracker_package_fails_before_the_run(
                         lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(NLHFInputError) as e:
         check_report_to(["tensorboard", "wandb"])
-    assert str(e.value) == ("report_to: wandb needs the `wandb` package: pip install wandb, or "
-                            "remove wandb from report_to")
+    assert str(e.value) == ("report_to: wandb needs the `wandb` package: pip install "
+                            "'nlhf[wandb]', or remove wandb from report_to")
     cfg = _with_trackers(tiny_config(tmp_path), ["wandb"])
     with pytest.raises(NLHFInputError, match="report_to: wandb"):
         train(cfg, progress=False)

@@ -26,8 +26,8 @@ TRACKERS = ("tensorboard", "trackio", "wandb")
 #: Tracker → (module that must import, what to install).
 _NEEDS = {
     "tensorboard": ("tensorboard", "pip install 'nlhf[tracking]' (the tensorboard package)"),
-    "trackio": ("trackio", "pip install trackio"),
-    "wandb": ("wandb", "pip install wandb"),
+    "trackio": ("trackio", "pip install 'nlhf[trackio]'"),
+    "wandb": ("wandb", "pip install 'nlhf[wandb]'"),
 }
 PROJECT = "nlhf"
 
