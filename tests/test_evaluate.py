@@ -327,3 +327,19 @@ def test_state_json_caps_the_iterates(run_dir: Path, tmp_path: Path) -> None:
     assert opened.iterations == (1, 2)
     assert resolve_iterate(opened, "last") == ("last", (2,))
     assert resolve_iterate(opened, "average") == ("average", (1, 2))
+
+
+def test_average_needs_the_iterates_in_state_json(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old-style state.json (no policy_iterates): one line, before any model loads."""
+    import nlhf.llm.evaluate as ev
+
+    run = _copy_run(run_dir, tmp_path / "old")
+    (run / "state.json").write_text(json.dumps({"completed_iteration": 3}))
+    monkeypatch.setattr(ev, "load_policy", lambda cfg: pytest.fail("model loaded"))
+    with pytest.raises(NLHFInputError) as e:
+        ev.evaluate(run, iterate="average", progress=False)
+    assert "\n" not in str(e.value) and "state.json" in str(e.value)
+    assert "nlhf train --resume" in str(e.value)
+    assert not (run / "eval").exists()

@@ -106,3 +106,18 @@ def test_export_cli_one_line_error(run_dir: Path, tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: --out:")
     result = CliRunner().invoke(__import__("nlhf.cli").cli.app, ["export", "--help"])
     assert result.exit_code == 0 and "--push-to-hub" in result.output
+
+
+def test_export_full_finetune(tmp_path: Path) -> None:
+    """Full fine-tuning has no adapter to merge: the saved policy weights go out as they are."""
+    from transformers import AutoModelForCausalLM
+
+    from nlhf.llm.export import export
+
+    run = make_run(tmp_path / "full-run", iterations=1, model={"finetune": "full"})
+    out = export(run, tmp_path / "model")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(out)(input_ids=ids).logits
+    torch.testing.assert_close(exported, _policy_logits(run, 1, ids), rtol=1e-4, atol=1e-4)
+    assert "full fine-tuning." in (out / "README.md").read_text()

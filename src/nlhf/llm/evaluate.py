@@ -28,7 +28,7 @@ from scipy.special import logsumexp
 from nlhf.atomic import write_json_atomic
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig, load_config
-from nlhf.llm.rundir import sample_average_iterate
+from nlhf.llm.rundir import policy_iterates, sample_average_iterate
 from nlhf.stats import mean_interval, wilson_interval
 
 if TYPE_CHECKING:
@@ -253,6 +253,17 @@ def _iteration_of(adapter: Path) -> int:
     return int(m.group(1))
 
 
+def check_average(run: Run) -> tuple[int, ...]:
+    """The iterates of the average: state.json's `policy_iterates`, which must be saved."""
+    listed = tuple(sorted({_iteration_of(p) for p in policy_iterates(run.path)}))
+    if not listed or not set(listed) <= set(run.iterations):
+        raise NLHFInputError(
+            f"{run.path / 'state.json'}: lists policy iterates {list(listed)} but the adapters "
+            f"hold {list(run.iterations)}; resume the run (`nlhf train --resume`) to rewrite it"
+        )
+    return listed
+
+
 def sample_average(
     policy: LMPolicy, slot: str, run: Run, iterate: str, sampler: _Sampler, label: str
 ) -> Side:
@@ -260,12 +271,7 @@ def sample_average(
     n_prompts, n, bs = len(sampler.prompt_ids), sampler.n, sampler.batch_size
     picks = sample_average_iterate(run.path, n_prompts * n, seed=sampler.seed)
     choices = [_iteration_of(p) for p in picks]  # sample k: prompt k // n, draw k % n
-    iterations = tuple(sorted(set(run.iterations)))
-    if not set(choices) <= set(iterations):
-        raise NLHFInputError(
-            f"{run.path / 'state.json'}: lists policy iterates {sorted(set(choices))} but "
-            f"adapters hold {list(iterations)}; resume the run to rewrite state.json"
-        )
+    iterations = check_average(run)
     slots: list[Sample | None] = [None] * len(choices)
     for t in sorted(set(choices)):
         ks = [k for k, c in enumerate(choices) if c == t]
@@ -321,6 +327,8 @@ def evaluate_iterates(
     run = open_run(run_dir)
     cfg = run.cfg
     chosen = expand_iterates(run, iterates)
+    if any(label == "average" for label, _ in chosen):
+        check_average(run)
     other = None if against == "reference" else open_run(against, what="against")
     if other is not None and _base_id(other.cfg) != _base_id(cfg):
         raise NLHFInputError(
