@@ -341,5 +341,5 @@ def test_average_needs_the_iterates_in_state_json(
     with pytest.raises(NLHFInputError) as e:
         ev.evaluate(run, iterate="average", progress=False)
     assert "\n" not in str(e.value) and "state.json" in str(e.value)
-    assert "nlhf train --resume" in str(e.value)
+    assert "policy_iterates lists []" in str(e.value) and "--iterate last" in str(e.value)
     assert not (run / "eval").exists()

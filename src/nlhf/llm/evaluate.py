@@ -258,8 +258,9 @@ def check_average(run: Run) -> tuple[int, ...]:
     listed = tuple(sorted({_iteration_of(p) for p in policy_iterates(run.path)}))
     if not listed or not set(listed) <= set(run.iterations):
         raise NLHFInputError(
-            f"{run.path / 'state.json'}: lists policy iterates {list(listed)} but the adapters "
-            f"hold {list(run.iterations)}; resume the run (`nlhf train --resume`) to rewrite it"
+            f"{run.path / 'state.json'}: policy_iterates lists {list(listed)} but the adapters "
+            f"hold {list(run.iterations)}; the average iterate needs the list `nlhf train` "
+            "writes (evaluate single iterates: --iterate last or N)"
         )
     return listed
 
