@@ -1,4 +1,4 @@
-"""Evaluation of trained runs (on fake run directories) and the interval helpers."""
+"""Evaluation of trained runs (on fake run directories); intervals: tests/test_stats.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig, dump_config
-from nlhf.stats import bootstrap_interval, mean_interval, t_interval, wilson_interval
 
 # Three criteria without the MiniLM one: a real vote, no model load.
 CHEAP_JUDGE = {"type": "criteria", "criteria": ["length", "diversity", "structure"]}
@@ -22,38 +21,6 @@ HELDOUT = [
     "Hi", "What is the capital of France?", "Write a haiku about autumn.",
     "Explain gravity briefly.", "List three fruits.", "Why is the sky blue?",
 ]
-
-
-# --------------------------------------------------------------------------- stats
-
-
-def test_t_interval_known_case() -> None:
-    # mean 3, sd sqrt(2.5), t_{0.975, 4} = 2.776445: 3 ± 2.776445 * sqrt(2.5 / 5)
-    lo, hi = t_interval([1, 2, 3, 4, 5])
-    assert lo == pytest.approx(3 - 2.776445 * math.sqrt(0.5), abs=1e-5)
-    assert hi == pytest.approx(3 + 2.776445 * math.sqrt(0.5), abs=1e-5)
-    assert t_interval([0.7]) == (0.7, 0.7)
-
-
-def test_wilson_known_case() -> None:
-    lo, hi = wilson_interval(8, 10)  # textbook value: (0.4902, 0.9433)
-    assert (lo, hi) == pytest.approx((0.490162, 0.943318), abs=1e-5)
-    assert wilson_interval(0, 10)[0] == 0.0
-    assert wilson_interval(10, 10)[1] == 1.0
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    with pytest.raises(ValueError):
-        wilson_interval(11, 10)
-
-
-def test_bootstrap_reproducible_and_clipped() -> None:
-    x = np.random.default_rng(3).uniform(size=40)
-    a = bootstrap_interval(x, seed=1)
-    assert a == bootstrap_interval(x, seed=1)
-    assert a[0] < x.mean() < a[1]
-    assert bootstrap_interval([0.5] * 5) == (0.5, 0.5)
-    assert mean_interval([0.0, 1.0], bounds=(0.0, 1.0)) == (0.0, 1.0)  # t would leave [0, 1]
-    with pytest.raises(ValueError, match="unknown interval"):
-        mean_interval([0.1, 0.2], method="wald")
 
 
 # --------------------------------------------------------------------------- fake runs
@@ -88,13 +55,20 @@ def make_run(root: Path, *, iterations: int = 3, **overrides: Any) -> Path:
         _perturb(policy, "policy", seed=t)
         policy.save_adapter("policy", root / "adapters" / f"iter_{t}" / "policy")
         policy.save_adapter("adversary", root / "adapters" / f"iter_{t}" / "adversary")
-    (root / "state.json").write_text(json.dumps({"completed_iteration": iterations}))
+    _write_state(root, iterations)
     with open(root / "metrics.jsonl", "w") as f:
         for t in range(1, iterations + 1):
             f.write(json.dumps({"iteration": t, "loss_policy": 1.0 / t, "loss_adversary": 0.5,
                                 "kl_policy_ref": 0.01 * t, "mean_response_length": 8 - t})
                     + "\n")
     return root
+
+
+def _write_state(root: Path, done: int) -> None:
+    """state.json with the trainer's keys (`nlhf.llm.loop._finish_round`)."""
+    iterates = [f"adapters/iter_{t}/policy" for t in range(1, done + 1)]
+    (root / "state.json").write_text(json.dumps(
+        {"last_completed_iteration": done, "policy_iterates": iterates}))
 
 
 @pytest.fixture(scope="module")
@@ -150,18 +124,72 @@ def test_last_vs_reference(run_dir: Path) -> None:
     assert again["settings"]["judge_cache_misses"] == 0
 
 
-def test_average_iterate_draws_among_iterates(run_dir: Path) -> None:
+def test_average_iterate_draws_per_sample(run_dir: Path) -> None:
+    """Each of the 6 x 2 samples picks its own iterate (SPEC §2: s uniform, then y ~ pi_s)."""
     from nlhf.llm.evaluate import evaluate
+    from nlhf.llm.rundir import sample_average_iterate
 
     res = evaluate(run_dir, iterate="average", n_prompts=6, progress=False)
     choices = res["policy"]["iterate_choices"]
     assert res["name"] == "average_vs_reference" and res["policy_iteration"] is None
-    assert len(choices) == 6 and set(choices) <= {1, 2, 3} and len(set(choices)) > 1
+    assert len(choices) == 12 and set(choices) == {1, 2, 3}
+    expected = sample_average_iterate(run_dir, 12, seed=res["settings"]["seed"])
+    assert choices == [int(p.parent.name.split("_")[1]) for p in expected]
+    assert any(choices[2 * i] != choices[2 * i + 1] for i in range(6))  # not one per prompt
     assert res["policy"]["iterations"] == [1, 2, 3]
     assert math.isfinite(res["policy"]["kl_ref"])
     again = evaluate(run_dir, iterate="average", n_prompts=6, progress=False)
     assert again["policy"]["iterate_choices"] == choices  # seeded
     assert again["win_rate"] == res["win_rate"]
+    assert again["settings"]["judge_cache_misses"] == 0
+
+
+def test_average_iterate_samples_are_the_mixture(run_dir: Path) -> None:
+    """The mixture's log-ratio is log mean_t pi_t(y) - log ref(y) on the very samples drawn,
+    and a sample drawn from iterate s is what iterate s alone draws for that prompt."""
+    from nlhf.llm.evaluate import _Sampler, load_policy, open_run, sample_average
+
+    run = open_run(run_dir)
+    policy = load_policy(run.cfg)
+    ids = [policy.encode_prompt(p) for p in HELDOUT[:3]]
+    sampler = _Sampler(ids, 2, 6, 1.0, 11, 4, False)
+    side = sample_average(policy, "policy", run, "average", sampler, "avg")
+    assert [s.prompt_index for s in side.samples] == [0, 0, 1, 1, 2, 2]
+    per_t = []
+    for t in (1, 2, 3):
+        policy.load_adapter("policy", run.adapter_dir(t))
+        per_t.append(policy.sequence_logprobs(
+            [s.prompt_ids for s in side.samples], [s.response_ids for s in side.samples],
+            "policy").double().numpy())
+    ref = policy.sequence_logprobs(
+        [s.prompt_ids for s in side.samples], [s.response_ids for s in side.samples],
+        None).double().numpy()
+    expected = np.log(np.exp(np.stack(per_t)).mean(axis=0)) - ref
+    np.testing.assert_allclose(side.log_ratio, expected, rtol=1e-5, atol=1e-5)
+    assert all(s.prompt_ids == ids[s.prompt_index] for s in side.samples)
+
+
+def test_each_iterate_and_the_cache(run_dir: Path, tmp_path: Path) -> None:
+    """Per-iteration evaluation: one file per saved iterate; a second pass asks no judge."""
+    from nlhf.llm.evaluate import evaluate_iterates
+
+    run = _copy_run(run_dir, tmp_path / "each")
+    first = evaluate_iterates(run, "each,last,average", n_prompts=3, progress=False)
+    assert [r["name"] for r in first] == [
+        "iter1_vs_reference", "iter2_vs_reference", "iter3_vs_reference",
+        "last_vs_reference", "average_vs_reference"]
+    assert [r["policy_iteration"] for r in first] == [1, 2, 3, 3, None]
+    for r in first:
+        assert (run / "eval" / f"{r['name']}.json").is_file()
+        assert r["settings"]["seconds"] > 0 and r["settings"]["shared_seconds"] > 0
+        lo, hi = r["win_rate_ci"]
+        assert 0.0 <= lo <= r["win_rate"] <= hi <= 1.0
+    # last is iteration 3 with the same seed: same samples, so its judgements were cached
+    assert first[3]["win_rate"] == first[2]["win_rate"]
+    assert first[3]["settings"]["judge_cache_misses"] == 0
+    again = evaluate_iterates(run, "each,average", n_prompts=3, progress=False)
+    assert [r["win_rate"] for r in again] == [r["win_rate"] for r in first[:3] + first[4:]]
+    assert all(r["settings"]["judge_cache_misses"] == 0 for r in again)
 
 
 def test_given_iterate_and_n_prompts(run_dir: Path) -> None:
@@ -243,6 +271,10 @@ def test_bad_run_dirs(tmp_path: Path, run_dir: Path) -> None:
         evaluate(run_dir, iterate="9", progress=False)
     with pytest.raises(NLHFInputError, match="'last', 'average'"):
         evaluate(run_dir, iterate="best", progress=False)
+    from nlhf.llm.evaluate import evaluate_iterates
+
+    with pytest.raises(NLHFInputError, match="at least one"):
+        evaluate_iterates(run_dir, " , ", progress=False)
     with pytest.raises(NLHFInputError, match="n_prompts"):
         evaluate(run_dir, n_prompts=0, progress=False)
     with pytest.raises(NLHFInputError) as e:
@@ -290,8 +322,24 @@ def test_state_json_caps_the_iterates(run_dir: Path, tmp_path: Path) -> None:
     from nlhf.llm.evaluate import open_run, resolve_iterate
 
     run = _copy_run(run_dir, tmp_path / "killed")
-    (run / "state.json").write_text(json.dumps({"last_completed_iteration": 2}))
+    _write_state(run, 2)
     opened = open_run(run)
     assert opened.iterations == (1, 2)
     assert resolve_iterate(opened, "last") == ("last", (2,))
     assert resolve_iterate(opened, "average") == ("average", (1, 2))
+
+
+def test_average_needs_the_iterates_in_state_json(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old-style state.json (no policy_iterates): one line, before any model loads."""
+    import nlhf.llm.evaluate as ev
+
+    run = _copy_run(run_dir, tmp_path / "old")
+    (run / "state.json").write_text(json.dumps({"completed_iteration": 3}))
+    monkeypatch.setattr(ev, "load_policy", lambda cfg: pytest.fail("model loaded"))
+    with pytest.raises(NLHFInputError) as e:
+        ev.evaluate(run, iterate="average", progress=False)
+    assert "\n" not in str(e.value) and "state.json" in str(e.value)
+    assert "policy_iterates lists []" in str(e.value) and "--iterate last" in str(e.value)
+    assert not (run / "eval").exists()

@@ -1,4 +1,4 @@
-"""The ``nlhf`` command: simulate, nash, train, eval, report.
+"""The ``nlhf`` command: simulate, nash, train, eval, report, export.
 
 Bad input raises :class:`NLHFInputError`; ``main`` prints its one-line message and exits 2.
 """
@@ -180,14 +180,18 @@ def eval_(
         str, typer.Option(help="'reference' or another run directory")
     ] = "reference",
     judge: Annotated[str | None, typer.Option(help="judge spec as JSON/YAML, or a file")] = None,
-    iterate: Annotated[str, typer.Option(help="last, average, or an iteration number")] = "last",
+    iterate: Annotated[
+        str,
+        typer.Option(help="comma list of: last, average, each (every saved iterate), or N"),
+    ] = "last,average",
     n_prompts: Annotated[int | None, typer.Option(help="first N held-out prompts")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Win-rate of a run's policy against the reference or another run, with 95% CIs."""
+    """Win-rate of a run's iterates (last and average by default) against the reference or
+    another run, with 95% CIs."""
     import yaml
 
-    from nlhf.llm.evaluate import evaluate
+    from nlhf.llm.evaluate import evaluate_iterates
 
     spec = None
     if judge is not None:
@@ -200,8 +204,8 @@ def eval_(
             ) from None
         if not isinstance(spec, dict):
             raise NLHFInputError("--judge: expected a mapping such as {type: criteria}")
-    evaluate(
-        run, against=against, judge=spec, iterate=iterate, n_prompts=n_prompts, progress=progress
+    evaluate_iterates(
+        run, iterate, against=against, judge=spec, n_prompts=n_prompts, progress=progress
     )
 
 
@@ -211,6 +215,23 @@ def report(run: Annotated[Path, typer.Argument(help="run directory")]) -> None:
     from nlhf.llm.report import report as write_report
 
     typer.echo(f"wrote {write_report(run)}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    out: Annotated[Path, typer.Option(help="new folder for the merged model")],
+    iterate: Annotated[str, typer.Option(help="last or an iteration number")] = "last",
+    push_to_hub: Annotated[
+        str | None, typer.Option(help="also upload to this Hub repo id (needs a token)")
+    ] = None,
+) -> None:
+    """Write the run's policy merged into its base, with tokenizer and model card."""
+    from nlhf.llm.export import export as export_run
+
+    typer.echo(f"wrote {export_run(run, out, iterate=iterate, push_to_hub=push_to_hub)}")
+    if push_to_hub:
+        typer.echo(f"uploaded to https://huggingface.co/{push_to_hub}")
 
 
 def main() -> None:

@@ -3,6 +3,11 @@
 Why these three: per-prompt win probabilities are bounded means over few prompts (t or
 bootstrap), and hard win counts are binomial, where Wilson stays inside [0, 1] and behaves
 at 0 or n successes where the normal ("Wald") interval collapses.
+
+The t-interval and the bootstrap are scipy.stats' (``t.interval``, ``bootstrap``). Wilson
+stays a closed form here: ``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``
+gives the same numbers but takes whole successes only, and evaluation counts a tie as half
+a win (tests check the two agree on whole counts).
 """
 
 from __future__ import annotations
@@ -28,16 +33,20 @@ def _values(values: Sequence[float] | np.ndarray) -> np.ndarray:
     return x
 
 
+def _no_spread(x: np.ndarray) -> bool:
+    """One value, or all equal: the interval is the point (scipy would give nan or warn)."""
+    return x.size < 2 or bool(np.all(x == x[0]))
+
+
 def t_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval for the mean; one value (no spread to estimate) gives (mean, mean)."""
+    """Student-t interval for the mean (scipy.stats.t.interval); no spread gives (mean, mean)."""
     _check_level(level)
     x = _values(values)
     mean = float(x.mean())
-    if x.size < 2:
+    if _no_spread(x):
         return mean, mean
-    se = float(x.std(ddof=1)) / math.sqrt(x.size)
-    half = float(_sp.t.ppf(0.5 + level / 2, df=x.size - 1)) * se
-    return mean - half, mean + half
+    lo, hi = _sp.t.interval(level, df=x.size - 1, loc=mean, scale=_sp.sem(x))
+    return float(lo), float(hi)
 
 
 def bootstrap_interval(
@@ -46,20 +55,30 @@ def bootstrap_interval(
     n_boot: int = 10_000,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval for the mean, reproducible through `seed`."""
+    """Percentile bootstrap interval for the mean (scipy.stats.bootstrap), seeded by `seed`.
+
+    Not bit-identical to the hand-written version it replaced (scipy draws its resamples
+    in another order and takes percentiles its own way); same method, same limit.
+    """
     _check_level(level)
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     x = _values(values)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    means = x[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
-    return float(lo), float(hi)
+    if _no_spread(x):
+        mean = float(x.mean())
+        return mean, mean
+    res = _sp.bootstrap(
+        (x,), np.mean, confidence_level=level, n_resamples=n_boot, method="percentile",
+        rng=np.random.default_rng(seed), vectorized=True,
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion; n = 0 carries no information: (0, 1)."""
+    """Wilson score interval for a binomial proportion; n = 0 carries no information: (0, 1).
+
+    `successes` may be fractional (a tie counts one half), which scipy's binomtest refuses.
+    """
     _check_level(level)
     if n < 0 or not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")

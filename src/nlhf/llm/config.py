@@ -176,6 +176,8 @@ class TrainConfig(_Strict):
     train: TrainOptConfig = Field(default_factory=TrainOptConfig)
     judge: dict[str, Any] = Field(default_factory=lambda: {"type": "criteria"})
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    #: Experiment trackers fed each finished iteration's metrics (nlhf.llm.tracking).
+    report_to: list[Literal["tensorboard", "trackio", "wandb"]] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

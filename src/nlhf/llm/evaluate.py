@@ -3,9 +3,12 @@
 Why these choices:
 - Both sides sample with the same seed and batching (common random numbers): a policy
   compared with an identical one gets identical responses, hence exactly 1/2.
-- The average iterate is the mixture policy that NLHF's last-iterate-free guarantees are
-  about: each prompt draws one saved iterate uniformly (seeded), and its KL to the
+- The average iterate is the mixture policy that NLHF's guarantees are about (SPEC §2):
+  each sample draws one saved iterate uniformly (seeded, `rundir.sample_average_iterate`)
+  and is then sampled from it, which is exactly a draw from (1/T) Σ_t π_t; its KL to the
   reference uses the mixture's log-probability log (1/T) Σ_t π_t(y).
+- Several iterates (last, average, each saved one) are evaluated in one call that loads the
+  model and samples the opponent once; every iterate's file says how long it took.
 - Judging goes through `CachedJudge` on the run's store, so re-evaluating costs no calls.
 """
 
@@ -14,15 +17,18 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.special import logsumexp
 
 from nlhf.atomic import write_json_atomic
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig, load_config
+from nlhf.llm.rundir import policy_iterates, sample_average_iterate
 from nlhf.stats import mean_interval, wilson_interval
 
 if TYPE_CHECKING:
@@ -126,6 +132,21 @@ def resolve_iterate(run: Run, iterate: str | int) -> tuple[str, tuple[int, ...]]
     )
 
 
+def expand_iterates(run: Run, iterates: str | list[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """Resolve a comma list of iterates; "each" stands for every saved iteration in turn."""
+    items = iterates.split(",") if isinstance(iterates, str) else list(iterates)
+    out: dict[str, tuple[int, ...]] = {}
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        for spec in map(str, run.iterations) if item.lower() == "each" else [item]:
+            label, its = resolve_iterate(run, spec)
+            out.setdefault(label, its)
+    if not out:
+        raise NLHFInputError("iterate: give at least one of last, average, each or a number")
+    return list(out.items())
+
+
 def _base_id(cfg: TrainConfig) -> str:
     """What must match for two runs to share a reference (tiny-random's weights follow the seed)."""
     from nlhf.llm.policy.loading import TINY_MODEL
@@ -167,7 +188,7 @@ class Side:
     iterations: tuple[int, ...]
     samples: list[Sample]
     log_ratio: np.ndarray
-    choices: list[int] | None = None  # average iterate: the iteration drawn for each prompt
+    choices: list[int] | None = None  # average iterate: the iteration drawn for each sample
 
 
 @dataclass
@@ -180,11 +201,14 @@ class _Sampler:
     batch_size: int
     progress: bool
 
-    def draw(self, policy: LMPolicy, slot: str | None, rows: list[int]) -> list[Sample]:
+    def draw(self, policy: LMPolicy, slot: str | None, rows: list[int],
+             n: int | None = None) -> list[Sample]:
+        """`n` (default: the eval's) samples for each prompt index in `rows`."""
         from nlhf.llm.rollout.hf import generate
 
         return generate(
-            policy, [self.prompt_ids[i] for i in rows], slot, n_per_prompt=self.n,
+            policy, [self.prompt_ids[i] for i in rows], slot,
+            n_per_prompt=self.n if n is None else n,
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=1.0,
             seed=self.seed, batch_size=self.batch_size, progress=self.progress,
         )
@@ -209,33 +233,60 @@ def sample_run(
     policy: LMPolicy, slot: str, run: Run, iterate: str, iterations: tuple[int, ...],
     sampler: _Sampler, label: str,
 ) -> Side:
-    """Sample from one saved iterate, or from the uniform mixture over `iterations`."""
-    n_prompts = len(sampler.prompt_ids)
+    """Sample from one saved iterate, or from the uniform mixture of all saved iterates."""
+    if len(iterations) > 1:
+        return sample_average(policy, slot, run, iterate, sampler, label)
     bs = sampler.batch_size
-    if len(iterations) == 1:
-        policy.load_adapter(slot, run.adapter_dir(iterations[0]))
-        samples = sampler.draw(policy, slot, list(range(n_prompts)))
-        ratio = _logprobs(policy, slot, samples, bs) - _logprobs(policy, None, samples, bs)
-        return Side(label, iterate, iterations, samples, ratio)
-    rng = np.random.default_rng([sampler.seed, n_prompts])
-    choices = [iterations[int(k)] for k in rng.integers(0, len(iterations), size=n_prompts)]
-    by_prompt: list[list[Sample]] = [[] for _ in range(n_prompts)]
+    policy.load_adapter(slot, run.adapter_dir(iterations[0]))
+    samples = sampler.draw(policy, slot, list(range(len(sampler.prompt_ids))))
+    ratio = _logprobs(policy, slot, samples, bs) - _logprobs(policy, None, samples, bs)
+    return Side(label, iterate, iterations, samples, ratio)
+
+
+def _iteration_of(adapter: Path) -> int:
+    """`.../adapters/iter_<t>/policy` → t."""
+    m = re.fullmatch(r"iter_(\d+)", adapter.parent.name)
+    if m is None:
+        raise NLHFInputError(
+            f"state.json: policy iterate {adapter} is not adapters/iter_<t>/policy"
+        )
+    return int(m.group(1))
+
+
+def check_average(run: Run) -> tuple[int, ...]:
+    """The iterates of the average: state.json's `policy_iterates`, which must be saved."""
+    listed = tuple(sorted({_iteration_of(p) for p in policy_iterates(run.path)}))
+    if not listed or not set(listed) <= set(run.iterations):
+        raise NLHFInputError(
+            f"{run.path / 'state.json'}: policy_iterates lists {list(listed)} but the adapters "
+            f"hold {list(run.iterations)}; the average iterate needs the list `nlhf train` "
+            "writes (evaluate single iterates: --iterate last or N)"
+        )
+    return listed
+
+
+def sample_average(
+    policy: LMPolicy, slot: str, run: Run, iterate: str, sampler: _Sampler, label: str
+) -> Side:
+    """The average iterate: per sample, an iterate s drawn uniformly, then y ~ π_s."""
+    n_prompts, n, bs = len(sampler.prompt_ids), sampler.n, sampler.batch_size
+    picks = sample_average_iterate(run.path, n_prompts * n, seed=sampler.seed)
+    choices = [_iteration_of(p) for p in picks]  # sample k: prompt k // n, draw k % n
+    iterations = check_average(run)
+    slots: list[Sample | None] = [None] * len(choices)
     for t in sorted(set(choices)):
-        rows = [i for i, c in enumerate(choices) if c == t]
+        ks = [k for k, c in enumerate(choices) if c == t]
         policy.load_adapter(slot, run.adapter_dir(t))
-        drawn = sampler.draw(policy, slot, rows)
-        for s in drawn:
-            s.prompt_index = rows[s.prompt_index]
-            by_prompt[s.prompt_index].append(s)
-    samples = [s for group in by_prompt for s in group]
+        for k, s in zip(ks, sampler.draw(policy, slot, [k // n for k in ks], n=1), strict=True):
+            s.prompt_index = k // n
+            slots[k] = s
+    samples = [s for s in slots if s is not None]
     # log of the mixture's probability: log mean_t π_t(y), one forward pass per iterate.
     per_iterate = []
     for t in iterations:
         policy.load_adapter(slot, run.adapter_dir(t))
         per_iterate.append(_logprobs(policy, slot, samples, bs))
-    stacked = np.stack(per_iterate)
-    top = stacked.max(axis=0)
-    mixture = top + np.log(np.exp(stacked - top).mean(axis=0))
+    mixture = logsumexp(np.stack(per_iterate), axis=0) - np.log(len(iterations))
     ratio = mixture - _logprobs(policy, None, samples, bs)
     return Side(label, iterate, iterations, samples, ratio, choices)
 
@@ -253,11 +304,32 @@ def evaluate(
     progress: bool = True,
     name: str | None = None,
 ) -> dict[str, Any]:
-    """Win-rate of the run's policy against `against` on held-out prompts; writes
-    `eval/<name>.json` and AlpacaEval exports, prints a table, returns the results."""
+    """Win-rate of one iterate of the run's policy against `against` on held-out prompts;
+    writes `eval/<name>.json` and AlpacaEval exports, prints a table, returns the results."""
+    return evaluate_iterates(
+        run_dir, [iterate], against=against, judge=judge, n_prompts=n_prompts,
+        progress=progress, names=None if name is None else [name],
+    )[0]
+
+
+def evaluate_iterates(
+    run_dir: str | Path,
+    iterates: str | list[str] = "last,average",
+    *,
+    against: str = "reference",
+    judge: dict[str, Any] | None = None,
+    n_prompts: int | None = None,
+    progress: bool = True,
+    names: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """`evaluate` for several iterates ("last", "average", "each", "<t>"; a comma list) with
+    one model load and one opponent sample; each iterate gets its own eval file. Re-running
+    regenerates the same samples (seeded), so every judgement comes from the store's cache."""
     run = open_run(run_dir)
     cfg = run.cfg
-    label, iterations = resolve_iterate(run, iterate)
+    chosen = expand_iterates(run, iterates)
+    if any(label == "average" for label, _ in chosen):
+        check_average(run)
     other = None if against == "reference" else open_run(against, what="against")
     if other is not None and _base_id(other.cfg) != _base_id(cfg):
         raise NLHFInputError(
@@ -266,16 +338,18 @@ def evaluate(
         )
     if n_prompts is not None and n_prompts < 1:
         raise NLHFInputError(f"n_prompts: must be >= 1, got {n_prompts}")
+    if names is not None and len(names) != len(chosen):
+        raise NLHFInputError(f"names: {len(names)} given for {len(chosen)} iterates")
     judge_spec = dict(cfg.judge if judge is None else judge)
     opp_label = "reference" if other is None else _slug(other.name)
-    if name is None:
-        suffix = "" if judge is None else "_" + _slug(judge_spec.get("type", "judge"))
-        name = f"{label}_vs_{opp_label}{suffix}"
+    suffix = "" if judge is None else "_" + _slug(judge_spec.get("type", "judge"))
+    names = names or [f"{label}_vs_{opp_label}{suffix}" for label, _ in chosen]
 
     from nlhf.llm.judges import CachedJudge, make_judge
     from nlhf.llm.store import RunStore
 
     inner_judge = make_judge(judge_spec)  # fails early, before any model is loaded
+    out: list[dict[str, Any]] = []
     with RunStore(run.path / "store.sqlite") as store:
         prompts = store.prompts("heldout")[:n_prompts]
         if not prompts:
@@ -283,14 +357,13 @@ def evaluate(
                 f"{run.path / 'store.sqlite'}: no held-out prompts (split 'heldout'); "
                 "set data.heldout > 0 and train again"
             )
+        start = time.perf_counter()
         policy = load_policy(cfg)
         sampler = _Sampler(
             [policy.encode_prompt(text) for _, text in prompts], cfg.eval.n_samples_per_prompt,
             cfg.eval.max_new_tokens, cfg.eval.temperature, cfg.seed + EVAL_SEED_OFFSET,
             cfg.rollout.batch_size, progress,
         )
-        mine = sample_run(policy, "policy", run, label, iterations, sampler,
-                          f"{run.name}-{label}")
         if other is None:
             theirs = sample_reference(policy, sampler, f"{run.name}-reference")
         else:
@@ -299,30 +372,42 @@ def evaluate(
             opp_policy = opp_policy or load_policy(other.cfg)
             theirs = sample_run(opp_policy, slot, other, "last", (other.iterations[-1],),
                                 sampler, f"{other.name}-last")
+        shared_seconds = time.perf_counter() - start  # model load + opponent samples
         judged = CachedJudge(inner_judge, store)
         texts = [text for _, text in prompts for _ in range(sampler.n)]
-        probs = judged.prob(texts, [s.text for s in mine.samples], [s.text for s in theirs.samples])
-        per_prompt = probs.reshape(len(prompts), sampler.n).mean(axis=1)
+        for (label, iterations), name in zip(chosen, names, strict=True):
+            start, hits, misses = time.perf_counter(), judged.hits, judged.misses
+            mine = sample_run(policy, "policy", run, label, iterations, sampler,
+                              f"{run.name}-{label}")
+            probs = judged.prob(texts, [s.text for s in mine.samples],
+                                [s.text for s in theirs.samples])
+            per_prompt = probs.reshape(len(prompts), sampler.n).mean(axis=1)
+            settings = {
+                "judge": judge_spec, "judge_identity": inner_judge.identity(),
+                "training_judge": judge is None,
+                "n_prompts": len(prompts), "n_samples_per_prompt": sampler.n,
+                "max_new_tokens": sampler.max_new_tokens, "temperature": sampler.temperature,
+                "seed": sampler.seed, "model": cfg.model.name, "ci_level": CI_LEVEL,
+                "ci_method": CI_METHOD, "judge_cache_hits": judged.hits - hits,
+                "judge_cache_misses": judged.misses - misses,
+                "seconds": time.perf_counter() - start, "shared_seconds": shared_seconds,
+            }
+            results = _results(name, run, other, mine, theirs, prompts, per_prompt, policy,
+                               settings)
+            _write(run.path / "eval", name, results, prompts, mine, theirs, sampler.n)
+            print_table(results)
+            out.append(results)
+    return out
 
-    settings = {
-        "judge": judge_spec, "judge_identity": inner_judge.identity(),
-        "training_judge": judge is None,
-        "n_prompts": len(prompts), "n_samples_per_prompt": sampler.n,
-        "max_new_tokens": sampler.max_new_tokens, "temperature": sampler.temperature,
-        "seed": sampler.seed, "model": cfg.model.name, "ci_level": CI_LEVEL,
-        "ci_method": CI_METHOD, "judge_cache_hits": judged.hits,
-        "judge_cache_misses": judged.misses,
-    }
-    results = _results(name, run, other, mine, theirs, prompts, per_prompt, policy, settings)
-    out_dir = run.path / "eval"
+
+def _write(out_dir: Path, name: str, results: dict[str, Any], prompts: list[tuple[int, str]],
+           mine: Side, theirs: Side, n: int) -> None:
     style: dict[str, Any] = {"indent": 2, "ensure_ascii": False}
     write_json_atomic(out_dir / f"{name}.json", results, **style)
     write_json_atomic(out_dir / f"alpaca_eval_{name}.json",
-                      alpaca_records(prompts, mine, sampler.n), **style)
+                      alpaca_records(prompts, mine, n), **style)
     write_json_atomic(out_dir / f"alpaca_eval_{name}_reference.json",
-                      alpaca_records(prompts, theirs, sampler.n), **style)
-    print_table(results)
-    return results
+                      alpaca_records(prompts, theirs, n), **style)
 
 
 def _slug(text: str) -> str:

@@ -47,6 +47,7 @@ from nlhf.llm.rundir import (
 )
 from nlhf.llm.samples import round_prompts
 from nlhf.llm.store import RunStore
+from nlhf.llm.tracking import open_tracker
 
 if TYPE_CHECKING:
     from nlhf.llm.policy.lm import LMPolicy
@@ -209,6 +210,8 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
         from nlhf.llm.rollout.backends import make_generator
 
         console = Console(stderr=True, quiet=not progress)
+        tracker = open_tracker(cfg.report_to, run.root, cfg.model_dump(mode="json"),
+                               enabled=dist.is_main)  # report_to: tensorboard, trackio, wandb
         policy = _load_policy(cfg, dist.device)
         inner = checked.judge if checked else make_judge(cfg.judge)
         judge = CachedJudge(ShardedJudge(inner, dist) if dist.world > 1 else inner, store)
@@ -225,7 +228,9 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
                       prompts=prompts, progress=progress, checkpoint=_checkpoint,
                       generator=generator, dist=dist)
             metrics = _finish_round(r, _round(r, algo))
+            tracker.log(t, metrics)
             console.print(_summary(t, cfg.iterations, metrics), soft_wrap=True,
                           end=f"  (wall {time.perf_counter() - start:.1f}s)\n")
+        tracker.close()
     finally:
         store.close()

@@ -16,6 +16,7 @@ from nlhf.llm.config import TrainConfig
 from nlhf.llm.judges import Judge, make_judge
 from nlhf.llm.policy.loading import DEFAULT_MODEL, TINY_MODEL, local_model_path
 from nlhf.llm.prompts import load_prompts, split_prompts
+from nlhf.llm.tracking import check_report_to
 
 #: Judge fields that name a local model folder or a Hub id, by judge type. (An openai
 #: judge's ``model`` is the server's name for it, which may be a path on the server.)
@@ -60,4 +61,5 @@ def preflight(cfg: TrainConfig) -> Checked:
     train, heldout = check_prompts(cfg)
     judge = make_judge(cfg.judge)
     check_model_paths(cfg)
+    check_report_to(cfg.report_to)
     return Checked(train, heldout, judge)
