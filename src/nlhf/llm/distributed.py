@@ -195,18 +195,23 @@ class AccelerateDist(Dist):
         One flat buffer holds every gradient (a rank without items sends zeros), the loss
         share, and per parameter whether this rank has a gradient: a parameter that no rank
         reached keeps ``grad=None``, as in one process (AdamW skips it instead of decaying it).
-        The buffer is at least float32, so bf16 gradients are summed without extra rounding.
+        The buffer is at least float32 (bf16 gradients are summed in float32, rounded once),
+        and each gradient is dropped once copied in, so at its peak the step holds the
+        buffer and accelerate's copy of it.
         """
         dtype = reduce(torch.promote_types, (p.dtype for p in params), torch.float32)
-        device = params[0].device
-        flat = [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1).to(dtype)
-                for p in params]
-        tail = torch.tensor([float(p.grad is not None) for p in params] + [loss], dtype=dtype,
-                            device=device)
-        total = self.accelerator.reduce(torch.cat([*flat, tail]), reduction="sum")
-        grads = total[:-len(tail)].split([p.numel() for p in params])
-        reached = total[-len(tail):-1].tolist()
-        for p, grad, seen in zip(params, grads, reached, strict=True):
+        sizes = [p.numel() for p in params]
+        n = sum(sizes)
+        buffer = torch.zeros(n + len(params) + 1, dtype=dtype, device=params[0].device)
+        buffer[n:] = torch.tensor([float(p.grad is not None) for p in params] + [loss])
+        for p, part in zip(params, buffer[:n].split(sizes), strict=True):
+            if p.grad is not None:
+                part.copy_(p.grad.reshape(-1))
+                p.grad = None
+        total = self.accelerator.reduce(buffer, reduction="sum")
+        del buffer
+        reached = total[n:-1].tolist()
+        for p, grad, seen in zip(params, total[:n].split(sizes), reached, strict=True):
             p.grad = grad.view_as(p).to(p.dtype) if seen else None
         return float(total[-1])
 
