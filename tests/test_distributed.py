@@ -252,3 +252,54 @@ def test_rank_zero_store_has_the_run_store_calls(tmp_path: Path) -> None:
         assert store.is_done("k") and store.step_payload("k") == {"x": 1}
         store.add_metrics(1, {"loss": 0.5})
         assert store.metrics("loss") == [(1, "loss", 0.5)]
+
+
+def test_sum_gradients_adds_the_ranks_gradients_and_losses() -> None:
+    """Two ranks in threads, accelerate's reduce replaced by a sum over both buffers: the
+    gradients and loss shares add up, a rank without a gradient sends zeros, a parameter
+    no rank reached keeps ``grad=None``, and bf16 gradients come back in bf16."""
+    import threading
+
+    import torch
+
+    buffers: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(2)
+
+    class SummingAccelerator:
+        def __init__(self, rank: int) -> None:
+            self.rank = rank
+
+        def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+            assert reduction == "sum"
+            buffers[self.rank] = tensor.clone()
+            barrier.wait()
+            total = buffers[0] + buffers[1]
+            barrier.wait()
+            return total
+
+    def params() -> list[torch.nn.Parameter]:
+        return [torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4)),
+                torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))]
+
+    ranks = [params(), params()]
+    ranks[0][0].grad = torch.arange(6.0).reshape(2, 3)
+    ranks[1][0].grad = torch.full((2, 3), 0.5)
+    ranks[0][2].grad = torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16)
+    losses = {}
+
+    def run(rank: int) -> None:
+        dist = object.__new__(AccelerateDist)
+        dist.accelerator = SummingAccelerator(rank)  # type: ignore[assignment]
+        losses[rank] = dist.sum_gradients(ranks[rank], [0.25, 1.5][rank])
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert losses == {0: 1.75, 1: 1.75}
+    for mine in ranks:
+        assert torch.equal(mine[0].grad, torch.arange(6.0).reshape(2, 3) + 0.5)
+        assert mine[1].grad is None
+        assert mine[2].grad.dtype == torch.bfloat16
+        assert torch.equal(mine[2].grad, torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16))

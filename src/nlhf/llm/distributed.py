@@ -203,7 +203,8 @@ class AccelerateDist(Dist):
         sizes = [p.numel() for p in params]
         n = sum(sizes)
         buffer = torch.zeros(n + len(params) + 1, dtype=dtype, device=params[0].device)
-        buffer[n:] = torch.tensor([float(p.grad is not None) for p in params] + [loss])
+        buffer[n:] = torch.tensor([float(p.grad is not None) for p in params] + [loss],
+                                  dtype=torch.float64)
         for p, part in zip(params, buffer[:n].split(sizes), strict=True):
             if p.grad is not None:
                 part.copy_(p.grad.reshape(-1))
