@@ -1,13 +1,14 @@
 """Data-parallel training under ``accelerate launch`` on CPU (gloo), as real subprocesses.
 
 Two processes and one process, same config and global batch, must end the round with the
-same adapters and metrics; generation, log-prob passes, judging and the training rows must
-be split between the ranks; and rank 1 must never write into the run directory. Writes are
-watched by a Python audit hook (``sitecustomize`` on PYTHONPATH, test-only): it sees every
-file open for writing, mkdir, rename and SQLite connect of each process, whatever code makes
-them, so the check does not rely on the trainer reporting its own writes. (Native code that
-writes by itself, e.g. safetensors, is not audited; adapter folders are still seen, since
-they are made by mkdtemp and renamed into place.)
+same adapters and metrics; generation, log-prob passes, judging and the training items must
+be split between the ranks (the global batch of 3 leaves a last minibatch of one item, so a
+rank also takes steps with no items of its own); and rank 1 must never write into the run
+directory. Writes are watched by a Python audit hook (``sitecustomize`` on PYTHONPATH,
+test-only): it sees every file open for writing, mkdir, rename and SQLite connect of each
+process, whatever code makes them, so the check does not rely on the trainer reporting its
+own writes. (Native code that writes by itself, e.g. safetensors, is not audited; adapter
+folders are still seen, since they are made by mkdtemp and renamed into place.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import yaml
 from safetensors.torch import load_file
 
 from nlhf.errors import NLHFInputError
-from nlhf.llm.distributed import AccelerateDist
+from nlhf.llm.distributed import AccelerateDist, Dist, RankZeroStore
+from nlhf.llm.fit import micro_batches
 from nlhf.llm.store import RunStore
 
 PROMPTS = [
@@ -82,7 +84,7 @@ def free_port() -> int:
 
 
 def write_config(tmp: Path, name: str) -> Path:
-    """4 prompts per round, 1 round, 6 new tokens, global batch 4, three cheap criteria."""
+    """4 prompts per round, 1 round, 6 new tokens, global batch 3, three cheap criteria."""
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     raw: dict[str, Any] = {
@@ -91,7 +93,7 @@ def write_config(tmp: Path, name: str) -> Path:
         "hparams": {"n_comparators": 2, "step_b_candidates": 2},
         "data": {"prompts": str(prompts), "prompts_per_iteration": 4, "heldout": 2},
         "rollout": {"max_new_tokens": 6, "batch_size": 2},
-        "train": {"batch_size": 4, "learning_rate": 1e-3},
+        "train": {"batch_size": 3, "learning_rate": 1e-3},
         "judge": {"type": "criteria", "criteria": ["length", "diversity", "structure"]},
     }
     path = tmp / f"{name}.yaml"
@@ -172,12 +174,12 @@ def test_generation_logprobs_judging_and_training_are_sharded(runs: dict[str, Pa
     share: dict[tuple[str, str], Counter[int]] = {}
     for r in rows:
         what = r["event"] + ("/" + r["source"] if "source" in r else "")
-        count = r.get("samples", r.get("rows", r.get("pairs", 0)))
+        count = r.get("samples", r.get("rows", r.get("pairs", r.get("items", 0))))
         share.setdefault((r["event"], what), Counter())[r["rank"]] += count
     # 4 prompts x (1 policy + 2 comparators) from pi_t, 4 adversary samples from pihat_t
     assert sum(share[("generate", "generate/pi_t")].values()) == 12
     assert sum(share[("generate", "generate/pihat_t")].values()) == 4
-    for event in ("generate", "logprobs", "judge", "train_rows"):
+    for event in ("generate", "logprobs", "judge", "train_items"):
         parts = [c for (e, _), c in share.items() if e == event]
         assert parts, event
         for part in parts:
@@ -203,3 +205,101 @@ def test_sharded_model_launches_stop_with_one_line(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
     with pytest.raises(NLHFInputError, match="not supported by nlhf train"):
         AccelerateDist()
+
+
+class Rank(Dist):
+    """Rank ``rank`` of ``world`` without processes (broadcast: the identity), enough for the
+    splitting rules and for rank 0's side of a collective."""
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+@pytest.mark.parametrize(("n", "n_extra", "size"), [(1, 2, 0), (3, 5, 2), (4, 0, 1), (7, 3, 3)])
+def test_ranks_share_every_minibatch_item_once(world: int, n: int, n_extra: int,
+                                               size: int) -> None:
+    """Each item and side item goes to exactly one rank's micro-batches, in order; every
+    micro-batch carries the whole minibatch (the loss's denominator); side items never go to
+    a rank without items; one rank's share is the one-process split."""
+    items, extra = list(range(10, 10 + n)), list(range(50, 50 + n_extra))
+    parts = [micro_batches(items, extra, size, Rank(r, world)) for r in range(world)]
+    assert [i for rank in parts for m in rank for i in m.items] == items
+    assert [e for rank in parts for m in rank for e in m.extra] == extra
+    for rank in parts:
+        assert all(m.items and m.batch == items and m.batch_extra == extra for m in rank)
+        assert all(len(m.items) <= size for m in rank) or size == 0
+    shares = [sum(len(m.items) for m in rank) for rank in parts]
+    assert max(shares) - min(shares) <= 1
+    if world == 1:
+        assert parts[0] == micro_batches(items, extra, size)
+
+
+def test_rank_zero_store_has_the_run_store_calls(tmp_path: Path) -> None:
+    """Written-out methods with RunStore's signatures, each answered by rank 0's store."""
+    import inspect
+
+    names = [n for n, f in vars(RankZeroStore).items() if callable(f) and not n.startswith("_")]
+    assert len(names) == 13
+    for name in names:
+        assert inspect.signature(getattr(RankZeroStore, name)) == inspect.signature(
+            getattr(RunStore, name)), name
+    with RunStore(tmp_path / "store.sqlite") as own:
+        store = RankZeroStore(own, Rank(0, 2))
+        ids = store.add_prompts([("train", "a"), ("heldout", "b")])
+        assert store.prompts("heldout") == [(ids[1], "b")] == own.prompts("heldout")
+        store.mark_done("k", {"x": 1})
+        assert store.is_done("k") and store.step_payload("k") == {"x": 1}
+        store.add_metrics(1, {"loss": 0.5})
+        assert store.metrics("loss") == [(1, "loss", 0.5)]
+
+
+def test_sum_gradients_adds_the_ranks_gradients_and_losses() -> None:
+    """Two ranks in threads, accelerate's reduce replaced by a sum over both buffers: the
+    gradients and loss shares add up, a rank without a gradient sends zeros, a parameter
+    no rank reached keeps ``grad=None``, and bf16 gradients come back in bf16."""
+    import threading
+
+    import torch
+
+    buffers: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(2)
+
+    class SummingAccelerator:
+        def __init__(self, rank: int) -> None:
+            self.rank = rank
+
+        def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+            assert reduction == "sum"
+            buffers[self.rank] = tensor.clone()
+            barrier.wait()
+            total = buffers[0] + buffers[1]
+            barrier.wait()
+            return total
+
+    def params() -> list[torch.nn.Parameter]:
+        return [torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4)),
+                torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))]
+
+    ranks = [params(), params()]
+    ranks[0][0].grad = torch.arange(6.0).reshape(2, 3)
+    ranks[1][0].grad = torch.full((2, 3), 0.5)
+    ranks[0][2].grad = torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16)
+    losses = {}
+
+    def run(rank: int) -> None:
+        dist = object.__new__(AccelerateDist)
+        dist.accelerator = SummingAccelerator(rank)  # type: ignore[assignment]
+        losses[rank] = dist.sum_gradients(ranks[rank], [0.25, 1.5][rank])
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert losses == {0: 1.75, 1: 1.75}
+    for mine in ranks:
+        assert torch.equal(mine[0].grad, torch.arange(6.0).reshape(2, 3) + 0.5)
+        assert mine[1].grad is None
+        assert mine[2].grad.dtype == torch.bfloat16
+        assert torch.equal(mine[2].grad, torch.tensor([1.0, 2.0, 3.0], dtype=torch.bfloat16))

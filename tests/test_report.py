@@ -63,7 +63,7 @@ def test_report_with_metrics_and_evals(run: Path) -> None:
     md = path.read_text()
     assert md.startswith("# Run report: run-a\n\n## Summary")
     summary = md.split("## Per iteration")[0]
-    assert "| algorithm | enpo |" in summary and "tiny-random" in summary
+    assert "| algorithm | denpo |" in summary and "tiny-random" in summary
     assert "3 of 3 completed" in summary
     assert "| win-rate, last iterate (95% CI) | 0.600 [0.500, 0.700] |" in summary
     assert "| win-rate, average iterate (95% CI) | 0.570 [0.470, 0.670] |" in summary

@@ -12,11 +12,12 @@ float rounding in the summed gradients. The work is split so that no result depe
 - **log-prob passes**: ranks split the batches of :meth:`LMPolicy.logprob_batches`, so each
   value comes from the same padded batch as in one process;
 - **judging**: the comparisons that the cache misses are split in contiguous blocks;
-- **training**: the module is wrapped by ``accelerator.prepare`` (DDP) for each phase. Each
-  rank forwards its block of every minibatch's rows, all-gathers the values, and computes
-  the whole minibatch loss; its gradient flows through its own rows only, so the sum of the
-  ranks' gradients is the full gradient: the loss is scaled by W, DDP averages (see
-  :meth:`AccelerateDist.backward`). Clipping then sees the global norm;
+- **training** (:func:`nlhf.llm.fit.fit`): ranks split each minibatch's items in contiguous
+  spans (:meth:`Dist.share`) and back-propagate their micro-batches through the plain module;
+  every loss share keeps the whole minibatch's denominator, so the ranks' gradients add up
+  to the minibatch gradient. :meth:`AccelerateDist.sum_gradients` sums them (and the loss
+  shares, for logging) in one all-reduce per step; clipping then sees the global norm and
+  every rank takes the same optimizer step. No wrapper, no hook: the model is never touched;
 - **the run directory**: rank 0 alone owns the store and writes every file; the other ranks
   read the store through :class:`RankZeroStore` (rank 0 answers, the answer is broadcast).
 
@@ -28,8 +29,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import reduce
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
@@ -39,8 +40,6 @@ from nlhf.errors import NLHFInputError
 from nlhf.llm.judges.base import Judge
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from nlhf.llm.policy.lm import LMPolicy
     from nlhf.llm.store import RunStore
 
@@ -50,11 +49,6 @@ TRACE_ENV = "NLHF_TEST_TRACE"
 #: server and writes the store while the others wait, which can take far longer than
 #: torch's default (10 min for NCCL); a crashed rank still stops the launch at once.
 TIMEOUT_ENV = "NLHF_DIST_TIMEOUT"
-
-
-def trained_module(policy: LMPolicy, adapter: str) -> nn.Module:
-    """The module whose parameters a phase trains: the LoRA model, or the full copy."""
-    return policy.copies[adapter] if policy.finetune == "full" else policy.model
 
 
 class Dist:
@@ -77,10 +71,13 @@ class Dist:
         """Every rank's ``items`` concatenated in rank order, on every rank."""
         return list(items)
 
-    def span(self, n: int) -> tuple[int, int]:
-        """This rank's contiguous block [lo, hi) of n items (sizes differ by at most one)."""
-        lo = self.rank * n // self.world
-        return lo, (self.rank + 1) * n // self.world
+    def span(self, n: int, ranks: int | None = None) -> tuple[int, int]:
+        """This rank's contiguous block [lo, hi) of n items cut among the first ``ranks`` ranks
+        (default all; sizes differ by at most one; empty for the ranks beyond)."""
+        ranks = self.world if ranks is None else ranks
+        if self.rank >= ranks:
+            return 0, 0
+        return self.rank * n // ranks, (self.rank + 1) * n // ranks
 
     def owns(self, batch: int) -> bool:
         """Round-robin owner of batch number ``batch``."""
@@ -124,20 +121,22 @@ class Dist:
 
     # -- training ---------------------------------------------------------------------------
 
-    def data_parallel(self, policy: LMPolicy, adapter: str,
-                      optimizer: torch.optim.Optimizer) -> AbstractContextManager[Any]:
-        """The optimizer to step while ``adapter`` trains (one process: the optimizer itself)."""
-        return nullcontext(optimizer)
+    def share(self, items: Sequence[T], extra: Sequence[T] = ()) -> tuple[list[T], list[T]]:
+        """This rank's part of a training minibatch: a contiguous span of its ``items`` and
+        one of its ``extra`` side items (e.g. ENPO's proximal samples).
 
-    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
-        """Wrap a micro-batch's forward and backward; gradients are synchronised at ``last``."""
-        return nullcontext()
+        Only the first min(W, len(items)) ranks get a part, so side items always travel with
+        items, as in :func:`nlhf.llm.fit.micro_batches`; a rank beyond them gets nothing and
+        contributes zero gradients.
+        """
+        active = min(self.world, len(items))
+        (lo, hi), (e_lo, e_hi) = self.span(len(items), active), self.span(len(extra), active)
+        return list(items[lo:hi]), list(extra[e_lo:e_hi])
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    def sum_gradients(self, params: Sequence[torch.nn.Parameter], loss: float) -> float:
+        """Sum every rank's gradients of ``params`` in place; returns the ranks' summed
+        ``loss`` shares. One process: nothing to sum."""
+        return loss
 
 
 SINGLE = Dist()
@@ -175,7 +174,6 @@ class AccelerateDist(Dist):
                 "distributed backend; without GPUs set ACCELERATE_USE_CPU=true (gloo), see "
                 "docs/scaling.md"
             )
-        self._wrapped: nn.Module | None = None
         device = self.accelerator.device  # "cpu:0" under gloo, which safetensors rejects
         self.device = torch.device("cpu") if device.type == "cpu" else device
 
@@ -191,44 +189,32 @@ class AccelerateDist(Dist):
 
         return list(gather_object(list(items)))
 
-    @contextmanager
-    def data_parallel(self, policy: LMPolicy, adapter: str,
-                      optimizer: torch.optim.Optimizer) -> Iterator[Any]:
-        """Wrap the trained module with ``accelerator.prepare`` (DDP) for one phase.
+    def sum_gradients(self, params: Sequence[torch.nn.Parameter], loss: float) -> float:
+        """Sum the ranks' gradients (and loss shares) with one ``accelerator.reduce`` a step.
 
-        Why per phase: the two adapters train in turns, and DDP fixes the set of parameters
-        it synchronises when it wraps, so exactly this adapter's parameters require grad.
+        One flat buffer holds every gradient (a rank without items sends zeros), the loss
+        share, and per parameter whether this rank has a gradient: a parameter that no rank
+        reached keeps ``grad=None``, as in one process (AdamW skips it instead of decaying it).
+        The buffer is at least float32 (bf16 gradients are summed in float32, rounded once),
+        and each gradient is dropped once copied in, so at its peak the step holds the
+        buffer and accelerate's copy of it.
         """
-        module = trained_module(policy, adapter)
-        trained = {id(p) for p in policy.trainable_parameters(adapter)}
-        for p in module.parameters():
-            p.requires_grad_(id(p) in trained)
-        wrapped, stepper = self.accelerator.prepare(module, optimizer)
-        policy.grad_logprobs = RowSharded(self, policy, wrapped)
-        self._wrapped = wrapped
-        try:
-            yield stepper
-        finally:
-            policy.grad_logprobs = None
-            self._wrapped = None
-            self.accelerator.free_memory()  # drops the DDP wrapper and the optimizer wrapper
-
-    def accumulating(self, last: bool) -> AbstractContextManager[Any]:
-        """DDP's ``no_sync`` for all but the last micro-batch of a step (it must wrap the
-        forward as well as the backward): one all-reduce per optimizer step."""
-        if last or self._wrapped is None:
-            return nullcontext()
-        return cast(AbstractContextManager[Any], self.accelerator.no_sync(self._wrapped))
-
-    def backward(self, loss: torch.Tensor) -> None:
-        """Every rank holds the whole minibatch loss, with gradients through its own rows only
-        (:class:`RowSharded`): DDP averages the ranks' gradients, so scaling by W gives their
-        sum, the gradient of the whole minibatch."""
-        self.accelerator.backward(loss * self.world)
-
-    def clip_grad_norm(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-        """Clip by the global norm: after DDP's all-reduce every rank holds the full gradient."""
-        return cast(torch.Tensor, self.accelerator.clip_grad_norm_(params, max_norm))
+        dtype = reduce(torch.promote_types, (p.dtype for p in params), torch.float32)
+        sizes = [p.numel() for p in params]
+        n = sum(sizes)
+        buffer = torch.zeros(n + len(params) + 1, dtype=dtype, device=params[0].device)
+        buffer[n:] = torch.tensor([float(p.grad is not None) for p in params] + [loss],
+                                  dtype=torch.float64)
+        for p, part in zip(params, buffer[:n].split(sizes), strict=True):
+            if p.grad is not None:
+                part.copy_(p.grad.reshape(-1))
+                p.grad = None
+        total = self.accelerator.reduce(buffer, reduction="sum")
+        del buffer
+        reached = total[n:-1].tolist()
+        for p, grad, seen in zip(params, total[:n].split(sizes), reached, strict=True):
+            p.grad = grad.view_as(p).to(p.dtype) if seen else None
+        return float(total[-1])
 
 
 def make_dist() -> Dist:
@@ -236,33 +222,6 @@ def make_dist() -> Dist:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return AccelerateDist()
     return SINGLE
-
-
-class RowSharded:
-    """Differentiable log-probs of a minibatch, each rank forwarding a contiguous block of rows.
-
-    The other ranks' values arrive by all-gather as constants, so this rank's backward runs
-    through its own rows only. A rank with no rows forwards one row at weight zero: DDP
-    all-reduces in backward, and every rank must take part.
-    """
-
-    def __init__(self, dist: Dist, policy: LMPolicy, module: nn.Module) -> None:
-        self.dist = dist
-        self.policy = policy
-        self.module = module
-
-    def __call__(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                 adapter: str) -> torch.Tensor:
-        lo, hi = self.dist.span(len(prompt_ids))
-        rows = list(range(lo, hi)) or [0]
-        with self.policy.using(adapter):  # selects the adapter; the forward goes through DDP
-            local = self.policy._batch_logprobs(
-                self.module, [prompt_ids[i] for i in rows], [response_ids[i] for i in rows])
-        self.dist.trace("train_rows", rows=hi - lo)
-        values = self.dist.gather([float(v) for v in local.detach()[: hi - lo].cpu()])
-        full = torch.tensor(values, dtype=local.dtype, device=local.device)
-        out = torch.cat([full[:lo], local[: hi - lo], full[hi:]])
-        return out if hi > lo else out + 0.0 * local.sum()
 
 
 def sharded_logprobs(policy: LMPolicy, dist: Dist, prompt_ids: Sequence[Sequence[int]],
@@ -317,31 +276,60 @@ class ShardedJudge(Judge):
 
 class RankZeroStore:
     """The run store as every rank sees it: rank 0 owns the SQLite file and runs each call;
-    its answer is broadcast, so the other ranks never open the file.
+    its answer (or its error) reaches every rank, so the other ranks never open the file.
 
-    Every rank must make the same calls in the same order (they do: same control flow, same
-    data). A write returns only once rank 0 has made it, so it doubles as a barrier.
+    Contract: every rank makes the same calls in the same order (they do: same control flow,
+    same data), since each call is a collective. A write returns only once rank 0 has made
+    it, so it doubles as a barrier. The methods are those of :class:`RunStore` that the
+    trainer uses, with the same signatures (checked by ``tests/test_distributed.py``).
     """
-
-    CALLS = frozenset({
-        "prompts", "get_generations", "judge_get_many", "count_judge_calls", "is_done",
-        "step_payload", "metrics",  # reads
-        "add_prompts", "put_generations", "judge_put_many", "mark_done", "add_metrics",  # writes
-    })
 
     def __init__(self, store: RunStore | None, dist: Dist) -> None:
         self.local = store  # rank 0's store, None elsewhere
         self.dist = dist
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in self.CALLS:
-            raise AttributeError(f"RankZeroStore has no {name!r}")
+    def _on_rank_0(self, call: Callable[[RunStore], T]) -> T:
+        return self.dist.on_main(lambda: call(cast("RunStore", self.local)))
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = getattr(self.local, name)(*args, **kwargs) if self.dist.is_main else None
-            return self.dist.broadcast(result)
+    # -- reads ------------------------------------------------------------------------------
 
-        return call
+    def prompts(self, split: str | None = None) -> list[tuple[int, str]]:
+        return self._on_rank_0(lambda s: s.prompts(split))
+
+    def get_generations(self, iteration: int, role: str) -> list[dict[str, Any]]:
+        return self._on_rank_0(lambda s: s.get_generations(iteration, role))
+
+    def judge_get_many(self, keys: Sequence[str]) -> dict[str, float]:
+        return self._on_rank_0(lambda s: s.judge_get_many(keys))
+
+    def count_judge_calls(self, judge: str | None = None) -> int:
+        return self._on_rank_0(lambda s: s.count_judge_calls(judge))
+
+    def is_done(self, key: str) -> bool:
+        return self._on_rank_0(lambda s: s.is_done(key))
+
+    def step_payload(self, key: str) -> dict[str, Any] | None:
+        return self._on_rank_0(lambda s: s.step_payload(key))
+
+    def metrics(self, name: str | None = None) -> list[tuple[int, str, float]]:
+        return self._on_rank_0(lambda s: s.metrics(name))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def add_prompts(self, rows: Iterable[tuple[str, str]]) -> list[int]:
+        return self._on_rank_0(lambda s: s.add_prompts(rows))
+
+    def put_generations(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self._on_rank_0(lambda s: s.put_generations(rows))
+
+    def judge_put_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self._on_rank_0(lambda s: s.judge_put_many(rows))
+
+    def mark_done(self, key: str, payload: Mapping[str, Any] | None = None) -> None:
+        self._on_rank_0(lambda s: s.mark_done(key, payload))
+
+    def add_metrics(self, iteration: int, values: Mapping[str, float]) -> None:
+        self._on_rank_0(lambda s: s.add_metrics(iteration, values))
 
     def close(self) -> None:
         if self.local is not None:

@@ -8,6 +8,11 @@ Each minibatch is forwarded and back-propagated in micro-batches of ``opt.micro_
 items (gradient accumulation), so the activation memory is that of a micro-batch. The
 losses take the whole minibatch's denominator (``norm``, see :mod:`nlhf.losses`), so the
 accumulated gradient is the minibatch gradient exactly (up to float rounding).
+
+Under several processes the same holds across ranks: each rank takes a contiguous share of
+every minibatch's items (:meth:`Dist.share`), cuts it into micro-batches and back-propagates
+them through the plain module; :meth:`Dist.sum_gradients` then adds the ranks' gradients
+and loss shares, so clipping and the step see the whole minibatch (:mod:`nlhf.llm.distributed`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 
 from nlhf.llm.batching import even_batches
-from nlhf.llm.distributed import SINGLE, Dist, trained_module
+from nlhf.llm.distributed import SINGLE, Dist
 from nlhf.llm.policy.loading import set_seed
 from nlhf.progress import progress_bar
 
@@ -30,7 +35,6 @@ if TYPE_CHECKING:
 
     from nlhf.llm.config import TrainOptConfig
     from nlhf.llm.policy.lm import LMPolicy
-
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,23 @@ class Micro:
 LossFn = Callable[[Micro], torch.Tensor]
 
 
-def micro_batches(items: list[int], extra: list[int], size: int) -> list[Micro]:
-    """Split a minibatch into micro-batches of ``size`` items (0: one), extras spread evenly."""
-    parts = even_batches(items, size)
-    extra_parts = np.array_split(np.asarray(extra, dtype=np.int64), len(parts))
+def micro_batches(items: list[int], extra: list[int], size: int,
+                  dist: Dist = SINGLE) -> list[Micro]:
+    """This rank's micro-batches of the minibatch (``items``, ``extra``): its share (all of it
+    in one process) cut into micro-batches of ``size`` items (0: one), its extras spread
+    evenly. Each carries the whole minibatch, whose size the loss's denominator takes."""
+    mine, mine_extra = dist.share(items, extra)
+    parts = even_batches(mine, size)
+    if not parts:
+        return []
+    extra_parts = np.array_split(np.asarray(mine_extra, dtype=np.int64), len(parts))
     return [Micro(part, [int(e) for e in ex], items, extra)
             for part, ex in zip(parts, extra_parts, strict=True)]
+
+
+def trained_module(policy: LMPolicy, adapter: str) -> nn.Module:
+    """The module whose parameters a phase trains: the LoRA model, or the full copy."""
+    return policy.copies[adapter] if policy.finetune == "full" else policy.model
 
 
 @contextmanager
@@ -90,8 +105,8 @@ def fit(
     evenly over the same minibatches. Returns loss statistics of the phase.
 
     ``opt.batch_size`` is the global minibatch: under several processes every rank draws the
-    same minibatches and forwards its share of their rows (:mod:`nlhf.llm.distributed`), so the
-    steps are those of one process.
+    same minibatches and back-propagates its share of their items; the summed gradients make
+    the steps those of one process (:mod:`nlhf.llm.distributed`).
     """
     set_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -103,25 +118,26 @@ def fit(
     n_batches = -(-n_items // bs)
     losses: list[float] = []
     norms: list[float] = []
-    with (progress_bar(progress) as pb, training_mode(policy, adapter),
-          dist.data_parallel(policy, adapter, optimizer) as stepper):
+    with progress_bar(progress) as pb, training_mode(policy, adapter):
         task = pb.add_task(desc, total=n_batches * opt.epochs)
         for _ in range(opt.epochs):
             order = torch.randperm(n_items, generator=gen).tolist()
             extra = torch.randperm(n_extra, generator=gen).tolist() if n_extra else []
             extra_parts = np.array_split(np.asarray(extra, dtype=np.int64), n_batches)
             for b in range(n_batches):
-                stepper.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 parts = micro_batches(order[b * bs:(b + 1) * bs],
-                                      [int(i) for i in extra_parts[b]], opt.micro_batch_size)
+                                      [int(i) for i in extra_parts[b]], opt.micro_batch_size,
+                                      dist)
+                dist.trace("train_items", items=sum(len(part.items) for part in parts))
                 loss = 0.0
-                for k, part in enumerate(parts):
-                    with dist.accumulating(last=k == len(parts) - 1):
-                        share = loss_fn(part)
-                        dist.backward(share)
+                for part in parts:
+                    share = loss_fn(part)
+                    share.backward()
                     loss += float(share.detach())
-                norm = dist.clip_grad_norm(params, opt.max_grad_norm)
-                stepper.step()
+                loss = dist.sum_gradients(params, loss)
+                norm = torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
+                optimizer.step()
                 losses.append(loss)
                 norms.append(float(norm))
                 pb.advance(task)

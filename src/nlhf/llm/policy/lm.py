@@ -11,7 +11,7 @@ import copy
 import inspect
 import json
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +140,6 @@ def default_device() -> torch.device:
 
 class LMPolicy:
     """Policy, adversary and reference over one tokenizer; log-probs of responses given prompts."""
-
-    #: Set by the trainer's data-parallel phases (:mod:`nlhf.llm.distributed`): computes the
-    #: differentiable log-probs of :meth:`sequence_logprobs` instead (each rank forwards its
-    #: share of the rows through the DDP-wrapped model). None: the plain single-process path.
-    grad_logprobs: Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]], str],
-                            torch.Tensor] | None = None
 
     def __init__(
         self,
@@ -291,8 +285,6 @@ class LMPolicy:
         if n == 0:
             return torch.zeros(0, device=self.device)
         track = grad and adapter is not None
-        if track and self.grad_logprobs is not None:
-            return self.grad_logprobs(prompt_ids, response_ids, adapter)
         out: list[torch.Tensor] = [torch.zeros(())] * n
         with self.using(adapter) as model, torch.set_grad_enabled(track):
             for idx in self.logprob_batches(prompt_ids, response_ids, batch_size):
