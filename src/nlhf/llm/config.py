@@ -18,7 +18,7 @@ from nlhf.atomic import write_text_atomic
 from nlhf.errors import NLHFInputError
 
 Algorithm = Literal["enpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"]
-JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular")
+JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular", "python")
 # Algorithms whose update mixes pi_t and pi_ref with weight tau/eta: they need tau < eta.
 MIRROR_DESCENT_ALGOS = ("enpo", "inpo", "nash-md")
 

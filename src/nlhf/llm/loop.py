@@ -34,6 +34,7 @@ from nlhf.llm.algorithms import LLM_ALGORITHMS, LLMAlgorithm
 from nlhf.llm.algorithms.base import RoundContext
 from nlhf.llm.config import TrainConfig, dump_config, load_config
 from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
+from nlhf.llm.judges.diagnostics import noise_warning
 from nlhf.llm.preflight import Checked, preflight
 from nlhf.llm.prompts import load_prompts, split_prompts
 from nlhf.llm.rundir import (
@@ -58,7 +59,7 @@ from nlhf.llm.samples import (
 from nlhf.llm.store import RunStore
 
 if TYPE_CHECKING:
-    from nlhf.llm.judges import CachedJudge
+    from nlhf.llm.judges import CachedJudge, Judge
     from nlhf.llm.policy.lm import LMPolicy
     from nlhf.llm.rollout.base import Generator
 
@@ -74,7 +75,8 @@ def _checkpoint(key: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Checked | None]:
+def _prepare(cfg: TrainConfig, resume: bool, judge: Judge | None = None
+             ) -> tuple[TrainConfig, RunDir, Checked | None]:
     """Check the run dir; a new run passes :func:`preflight` and then writes its config
     first, a resumed one reads it back."""
     run = RunDir(Path(cfg.run_dir))
@@ -96,7 +98,7 @@ def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Check
             f"run_dir: {run.root} already exists; pass --resume to continue it or choose "
             "another run_dir"
         )
-    checked = preflight(cfg)  # bad input fails here, before the run's first file
+    checked = preflight(cfg, judge)  # bad input fails here, before the run's first file
     dump_config(cfg, run.config)
     return cfg, run, checked
 
@@ -162,15 +164,18 @@ def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
     attach_logprobs(data, lp["values"])
 
     def ask() -> dict[str, Any]:
-        hits, misses = judge.hits, judge.misses
+        hits, misses, before = judge.hits, judge.misses, judge.diagnostics.copy()
         probs = run_judge(judge, data, algo.comparisons(data), ctx.progress,
                           on_chunk=lambda k: ctx.checkpoint(f"{ctx.key('judge')}/chunk{k}"))
-        return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits}
+        return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits,
+                "diagnostics": judge.round_metrics(before)}
 
     jp = ctx.phase("judge", ask)
     probs = np.asarray(jp["probs"], dtype=np.float64)
 
-    metrics = dict(algo.judge_metrics(data, probs))
+    metrics = dict(algo.judge_metrics(data, probs)) | jp.get("diagnostics", {})
+    if ctx.dist.is_main and (warning := noise_warning(judge.name, metrics)):
+        log.warning(warning)
     train_metrics = algo.update(ctx, data, probs)
     pol = data.roles["policy"]
     metrics["kl_policy_ref"] = float(np.mean(pol.logp["pi_t"] - pol.logp["ref"]))
@@ -219,25 +224,29 @@ def _summary(t: int, total: int, m: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+          judge: Judge | None = None) -> Path:
     """Run (or, with ``resume``, continue) a training run; returns the run directory.
+
+    ``judge``: a judge built in Python, used instead of building ``cfg.judge`` (which should
+    describe it: ``nlhf.train`` writes it so for a preference function).
 
     Under ``accelerate launch`` (several processes) every rank calls this; rank 0 alone
     checks, locks and writes the run directory (see :mod:`nlhf.llm.distributed`).
     """
     dist = make_dist()
-    cfg, run, checked = dist.on_main(lambda: _prepare(cfg, resume),
+    cfg, run, checked = dist.on_main(lambda: _prepare(cfg, resume, judge),
                                      share=lambda r: (r[0], r[1], None))
     with ExitStack() as main_only:
         dist.on_main(lambda: main_only.enter_context(run_lock(run)), share=lambda _: None)
         if resume:
             dist.on_main(lambda: remove_partial_writes(run), share=lambda _: None)
-        _run(cfg, run, progress, checked, dist)
+        _run(cfg, run, progress, checked, dist, judge)
     return run.root
 
 
 def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
-         dist: Dist) -> None:
+         dist: Dist, given_judge: Judge | None = None) -> None:
     own = dist.on_main(lambda: RunStore(run.store), share=lambda _: None)
     store = shared_store(own, dist)
     progress = progress and dist.is_main
@@ -253,7 +262,7 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
 
         console = Console(stderr=True, quiet=not progress)
         policy = _load_policy(cfg, dist.device)
-        inner = checked.judge if checked else make_judge(cfg.judge)
+        inner = checked.judge if checked else given_judge or make_judge(cfg.judge)
         judge = CachedJudge(ShardedJudge(inner, dist) if dist.world > 1 else inner, store)
         algo = LLM_ALGORITHMS[cfg.algorithm](cfg)
         _restore(policy, run, done)
