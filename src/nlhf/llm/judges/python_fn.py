@@ -124,7 +124,7 @@ class FunctionJudge(Judge):
                                  f"({shown}); {expected}")
         bad = ~np.isfinite(values) | (values < 0) | (values > 1)
         if bad.any():
-            raise NLHFInputError(f"judge {self.label}: returned {values[bad][0]!r} at pair "
+            raise NLHFInputError(f"judge {self.label}: returned {float(values[bad][0])!r} at pair "
                                  f"{int(np.argmax(bad))} ({shown}); {expected}")
         return values
 
