@@ -13,11 +13,14 @@ import pytest
 
 from fake_openai import FakeOpenAI
 from nlhf.errors import NLHFInputError
+from nlhf.llm.config import validate_config
 from nlhf.llm.judges import CachedJudge, JudgeDiagnostics, JudgeFailureError, OpenAIJudge
 from nlhf.llm.judges.diagnostics import noise_warning
 from nlhf.llm.judges.openai_http import parse_answer
 from nlhf.llm.judges.registry import make_judge
+from nlhf.llm.preflight import preflight
 from nlhf.llm.store import RunStore
+from test_cli_train import one_line_error, run_cli, tiny_raw, write_config
 
 KEY = "sk-test-0123456789abcdef"
 
@@ -240,3 +243,38 @@ def test_judge_fields_are_checked_with_one_line(field, value, needle):
     with pytest.raises(NLHFInputError, match=re.escape(f"judge.{field}: ")) as info:
         make_judge(spec)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("base_url", "http:/chat/completions", "has no host"),
+    ("base_url", "http://127.0.0.1:99999/v1", "Port out of range"),
+    ("timeout", -1, "> 0"),
+    ("timeout", "soon", "> 0"),
+    ("concurrency", "x", "an integer"),
+    ("backoff", -1, ">= 0"),
+])
+def test_preflight_rejects_bad_judge_fields_before_the_run_dir(tmp_path, field, value, needle):
+    raw = tiny_raw(tmp_path)
+    raw["judge"] = {"type": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "m",
+                    field: value}
+    with pytest.raises(NLHFInputError, match=re.escape(f"judge.{field}: ")) as info:
+        preflight(validate_config(raw))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_never_shows_the_key_a_server_echoes(server, tmp_path):
+    """A server whose error body echoes `Authorization: Bearer sk-...`: the CLI's one-line
+    error, its whole output and the run directory never contain the key."""
+    server.state["echo_auth"] = 401
+    raw = tiny_raw(tmp_path)
+    raw["judge"] = {"type": "openai", "base_url": server.url, "model": "m",
+                    "api_key_env": "NLHF_TEST_KEY", "max_retries": 0}
+    proc = run_cli("train", "--config", str(write_config(tmp_path, raw)), "--no-progress",
+                   NLHF_TEST_KEY=KEY)
+    line = one_line_error(proc, "HTTP 401", "[redacted]", "set $NLHF_TEST_KEY")
+    assert server.state["auth"] and server.state["auth"][0] == f"Bearer {KEY}"
+    assert KEY not in proc.stdout + proc.stderr and "sk-test" not in line
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
