@@ -278,3 +278,36 @@ def test_cli_never_shows_the_key_a_server_echoes(server, tmp_path):
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+class _TwoRanks:
+    """gather as two processes would: here the other rank asked the same counts."""
+
+    def gather(self, items):
+        return list(items) + list(items)
+
+
+def test_round_diagnostics_are_saved_per_chunk_and_survive_a_restart(server, tmp_path):
+    from nlhf.llm.judges.diagnostics import RoundDiagnostics
+
+    with RunStore(tmp_path / "s.sqlite") as store:
+        cached = CachedJudge(OpenAIJudge(server.url, "m", concurrency=1), store)
+        diag = RoundDiagnostics(cached, store, _TwoRanks(), "it1/judge")
+        cached.prob(["q"] * 2, ["good", "x"], ["x", "y"])
+        diag.chunk_done(0)
+        cached.prob(["q"], ["good z"], ["w"])
+        diag.chunk_done(1)
+        m = diag.metrics()
+        assert m["judge_pairs"] == 6.0 and m["judge_failures"] == 0.0  # 3 pairs × 2 ranks
+        assert m["judge_logprobs_used"] == 1.0
+        # ("x", "y"): no "good" either side, the fake's 0.1 bias alone: both orders say
+        # "first", so 1 of 3 pairs follows position; the others are consistent.
+        assert m["judge_follows_position"] == pytest.approx(1 / 3)
+        assert m["judge_position_consistency"] == pytest.approx(2 / 3)
+        # A restarted process: every answer is cached, nothing new is counted, and the
+        # saved chunks still give the same round metrics.
+        again = CachedJudge(OpenAIJudge(server.url, "m"), store)
+        diag2 = RoundDiagnostics(again, store, _TwoRanks(), "it1/judge")
+        again.prob(["q"] * 2, ["good", "x"], ["x", "y"])
+        diag2.chunk_done(0)
+        assert again.misses == 0 and diag2.metrics() == m

@@ -90,7 +90,7 @@ def test_judge_detects_ignored_logprobs_and_reports_diagnostics(served, tmp_path
         cached = CachedJudge(judge, store)
         before = cached.diagnostics.copy()
         probs = cached.prob(*PAIRS)
-        metrics = cached.round_metrics(before)
+        metrics = cached.diagnostics.since(before).metrics() | cached.answer_mode()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "without the log-probs it was asked for" in warnings[0]
     assert metrics["judge_logprobs_used"] == 0.0 and judge.identity() == key

@@ -34,7 +34,7 @@ from nlhf.llm.algorithms import LLM_ALGORITHMS, LLMAlgorithm
 from nlhf.llm.algorithms.base import RoundContext
 from nlhf.llm.config import TrainConfig, dump_config, load_config
 from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
-from nlhf.llm.judges.diagnostics import noise_warning
+from nlhf.llm.judges.diagnostics import RoundDiagnostics, noise_warning
 from nlhf.llm.preflight import Checked, preflight
 from nlhf.llm.prompts import load_prompts, split_prompts
 from nlhf.llm.rundir import (
@@ -164,11 +164,16 @@ def _round(ctx: RoundContext, algo: LLMAlgorithm, judge: CachedJudge,
     attach_logprobs(data, lp["values"])
 
     def ask() -> dict[str, Any]:
-        hits, misses, before = judge.hits, judge.misses, judge.diagnostics.copy()
-        probs = run_judge(judge, data, algo.comparisons(data), ctx.progress,
-                          on_chunk=lambda k: ctx.checkpoint(f"{ctx.key('judge')}/chunk{k}"))
+        hits, misses = judge.hits, judge.misses
+        diagnostics = RoundDiagnostics(judge, ctx.store, ctx.dist, ctx.key("judge"))
+
+        def chunk_done(k: int) -> None:
+            diagnostics.chunk_done(k)
+            ctx.checkpoint(f"{ctx.key('judge')}/chunk{k}")
+
+        probs = run_judge(judge, data, algo.comparisons(data), ctx.progress, chunk_done)
         return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits,
-                "diagnostics": judge.round_metrics(before)}
+                "diagnostics": diagnostics.metrics()}
 
     jp = ctx.phase("judge", ask)
     probs = np.asarray(jp["probs"], dtype=np.float64)

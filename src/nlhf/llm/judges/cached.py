@@ -70,10 +70,6 @@ class CachedJudge(Judge):
     def answer_mode(self) -> dict[str, float]:
         return self.innermost.answer_mode()
 
-    def round_metrics(self, before: JudgeDiagnostics) -> dict[str, float]:
-        """Diagnostics of the pairs asked since the snapshot ``before``, and the answer mode."""
-        return self.diagnostics.since(before).metrics() | self.answer_mode()
-
     def settings(self) -> dict[str, Any]:
         return self.judge.settings()
 

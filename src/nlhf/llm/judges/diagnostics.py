@@ -15,7 +15,8 @@ Per pair, with f = P(first shown wins | a first) and g = P(first shown wins | b 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,7 +64,10 @@ class JudgeDiagnostics:
                                    for f in fields(self)})
 
     def copy(self) -> JudgeDiagnostics:
-        return JudgeDiagnostics(**{f.name: getattr(self, f.name) for f in fields(self)})
+        return JudgeDiagnostics(*astuple(self))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def metrics(self) -> dict[str, float]:
         """Rates for metrics.jsonl (``judge_`` prefix); a rate with no pairs is left out."""
@@ -77,6 +81,51 @@ class JudgeDiagnostics:
             out["judge_position_consistency"] = self.consistent / self.both_orders
             out["judge_follows_position"] = self.follows_position / self.both_orders
         return out
+
+
+class _Store(Protocol):
+    def is_done(self, key: str) -> bool: ...
+    def mark_done(self, key: str, payload: dict[str, Any] | None = None) -> None: ...
+    def step_payload(self, key: str) -> dict[str, Any] | None: ...
+
+
+class _Dist(Protocol):
+    def gather(self, items: list[int]) -> list[int]: ...
+
+
+class RoundDiagnostics:
+    """One round's diagnostics, saved chunk by chunk in the run store, so that a round
+    resumed after a kill mid-judging, or judged by several processes, reports exactly what
+    an uninterrupted single-process round reports (answers found in the cache carry no
+    both-orders information; their chunk's counts were saved when they were asked)."""
+
+    def __init__(self, judge: Any, store: _Store, dist: _Dist, key: str) -> None:
+        self.judge, self.store, self.dist, self.key = judge, store, dist, key
+        self._last = judge.diagnostics.copy()
+
+    def chunk_done(self, k: int) -> None:
+        """After judge chunk ``k``: its counts, summed over processes, stored once."""
+        now = self.judge.diagnostics
+        delta, self._last = now.since(self._last), now.copy()
+        width = len(fields(delta))
+        gathered = self.dist.gather(list(astuple(delta)))
+        total = JudgeDiagnostics(*(sum(gathered[i::width]) for i in range(width)))
+        key = f"{self.key}/diagnostics{k}"
+        if not self.store.is_done(key):
+            mode = self.judge.answer_mode() if total.pairs else {}
+            self.store.mark_done(key, {**total.as_dict(), **mode})
+
+    def metrics(self) -> dict[str, float]:
+        """The round's rates and answer mode, from every chunk saved so far."""
+        counts = dict.fromkeys((f.name for f in fields(JudgeDiagnostics)), 0)
+        mode: dict[str, float] = {}
+        k = 0
+        while (payload := self.store.step_payload(f"{self.key}/diagnostics{k}")) is not None:
+            for name in counts:
+                counts[name] += int(payload[name])
+            mode |= {n: float(v) for n, v in payload.items() if n not in counts}
+            k += 1
+        return JudgeDiagnostics(**counts).metrics() | mode
 
 
 def noise_warning(judge: str, metrics: dict[str, float]) -> str | None:
