@@ -102,7 +102,7 @@ class OpenAIJudge(Judge):
         if reply.status == 400 and payload.get("logprobs") and "logprob" in detail.lower():
             raise _NoLogprobs
         hint = f"; set ${self.api_key_env}" if reply.status in (401, 403) else ""
-        raise NLHFInputError(f"judge endpoint {self.url} rejected the request "
+        raise NLHFInputError(f"judge endpoint {redact(self.url)} rejected the request "
                              f"(HTTP {reply.status}): {detail}{hint}")
 
     def _text_mode(self, why: str) -> None:
@@ -112,7 +112,7 @@ class OpenAIJudge(Judge):
                 return
             self.logprobs_used = False
         log.warning("judge openai: %s %s; using its text answers (A → 1, B → 0) instead of "
-                    "log-probs", self.url, why)
+                    "log-probs", redact(self.url), why)
 
     # -- judging --------------------------------------------------------------------------
 
