@@ -15,7 +15,10 @@ only, made by ``decode``). ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapt
 
 ``state`` scripts failures: ``fail`` (HTTP codes to answer first), ``sleep`` (seconds
 before answering), ``need_key`` (401 without Authorization), ``no_logprobs`` (400 when
-asked for log-probs); ``auth``, ``paths``, ``requests`` ((path, body, Authorization)) and
+asked for log-probs), ``ignore_logprobs`` (200 without log-probs, as ``transformers serve``),
+``replies`` (raw chat bodies to answer first, 200: a str goes out as is, anything else as
+JSON), ``echo_auth`` (an HTTP code: answer it with the Authorization header in the error
+body, as careless servers do); ``auth``, ``paths``, ``requests`` ((path, body, Authorization)) and
 ``events`` (load / unload / complete) record what was received.
 """
 
@@ -59,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(code, {"error": {"message": "busy"}}, {"Retry-After": "0"})
         if st["sleep"]:
             time.sleep(st["sleep"])
+        if st.get("echo_auth"):
+            return self._reply(st["echo_auth"], {"error": {"message": f"bad credentials: {auth}"}})
         if st.get("need_key") and not auth:
             return self._reply(401, {"error": {"message": "no key"}})
         route = {"/v1/chat/completions": self._chat, "/v1/completions": self._complete,
@@ -70,6 +75,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _chat(self, body: dict[str, Any]) -> None:
         st = self.server.state
+        with self.server.lock:
+            raw = st["replies"].pop(0) if st.get("replies") else None
+        if raw is not None:
+            return self._reply(200, raw, raw=True)
         if st.get("no_logprobs") and body.get("logprobs"):
             return self._reply(400, {"error": {"message": "logprobs are not supported"}})
         match = _PAIR.search(body["messages"][0]["content"])
@@ -77,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
         p_a = 0.6 + 0.3 * ("good" in first) - 0.3 * ("good" in second)
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant",
                                                           "content": "A" if p_a >= 0.5 else "B"}}
-        if body.get("logprobs") and not st.get("text_only"):
+        if body.get("logprobs") and not st.get("text_only") and not st.get("ignore_logprobs"):
             top = [{"token": "A", "logprob": math.log(p_a)},
                    {"token": " B", "logprob": math.log(1 - p_a)}]
             choice["logprobs"] = {"content": [{"token": "A" if p_a >= 0.5 else " B",
@@ -138,10 +147,13 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200, {"id": "cmpl-1", "object": "text_completion", "model": model,
                           "choices": choices})
 
-    def _reply(self, code: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        """JSON, or plain text when ``payload`` is a string (vLLM's LoRA endpoints)."""
+    def _reply(self, code: int, payload: Any, headers: dict[str, str] | None = None,
+               raw: bool = False) -> None:
+        """JSON, or plain text when ``payload`` is a string (vLLM's LoRA endpoints); ``raw``:
+        a string goes out as it is, as a JSON content type (a broken server)."""
         text = isinstance(payload, str)
         data = (payload if text else json.dumps(payload)).encode()
+        text = text and not raw
         self.send_response(code)
         self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -167,7 +179,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.decode = decode or (lambda ids: " ".join(map(str, ids)))
         self.base_model = base_model
         self.state: dict[str, Any] = {"auth": [], "paths": [], "requests": [], "events": [],
-                                      "loaded": {}, "fail": [], "sleep": 0.0,
+                                      "loaded": {}, "fail": [], "sleep": 0.0, "replies": [],
                                       "ids": "token_ids"}
         self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()

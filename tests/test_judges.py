@@ -174,7 +174,8 @@ def test_cached_judge_asks_once_across_orders_batches_and_reopen(tmp_path):
 
 
 def test_make_judge_builds_and_explains(tmp_path):
-    assert set(JUDGES) == {"criteria", "reward-model", "llm-judge", "openai", "tabular"}
+    assert set(JUDGES) == {"criteria", "reward-model", "llm-judge", "openai", "tabular",
+                           "python"}
     assert isinstance(make_judge({"type": "criteria", "criteria": ["length", "diversity",
                                                                     "structure"]}),
                       CriteriaJudge)
@@ -227,8 +228,11 @@ def test_openai_judge_text_answers_and_no_logprobs_fallback(server):
     np.testing.assert_allclose(judge.prob(["q"] * 2, ["good", "x"], ["x", "y"]), [1.0, 0.5])
     server.state.update(text_only=False, no_logprobs=True)
     judge = OpenAIJudge(server.url, "m", concurrency=1)
+    identity = judge.identity()
     assert judge.prob(["q"], ["x"], ["good"])[0] == 0.0
-    assert judge.logprobs is False
+    # The mode found at run time is reported, but the cache key keeps the configured one.
+    assert judge.logprobs_used is False and judge.answer_mode() == {"judge_logprobs_used": 0.0}
+    assert judge.identity() == identity and judge.logprobs is True
 
 
 def test_openai_judge_retries_503_and_429(server):

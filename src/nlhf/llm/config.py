@@ -20,7 +20,7 @@ from nlhf.errors import NLHFInputError
 Algorithm = Literal["denpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"]
 #: Algorithm names that changed, with the name to use now.
 RENAMED_ALGORITHMS = {"enpo": "denpo"}
-JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular")
+JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular", "python")
 # Algorithms whose update mixes pi_t and pi_ref with weight tau/eta: they need tau < eta.
 MIRROR_DESCENT_ALGOS = ("denpo", "inpo", "nash-md")
 

@@ -33,6 +33,7 @@ from nlhf.errors import NLHFInputError
 from nlhf.llm.algorithms import Algorithm, Round, make_algorithm
 from nlhf.llm.config import TrainConfig, dump_config, load_config
 from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
+from nlhf.llm.judges.diagnostics import noise_warning
 from nlhf.llm.preflight import Checked, preflight
 from nlhf.llm.prompts import load_prompts, split_prompts
 from nlhf.llm.rundir import (
@@ -50,6 +51,7 @@ from nlhf.llm.store import RunStore
 from nlhf.llm.tracking import open_tracker
 
 if TYPE_CHECKING:
+    from nlhf.llm.judges import Judge
     from nlhf.llm.policy.lm import LMPolicy
 
 __all__ = ["KILL_ENV", "policy_iterates", "sample_average_iterate", "train"]
@@ -64,7 +66,8 @@ def _checkpoint(key: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Checked | None]:
+def _prepare(cfg: TrainConfig, resume: bool, judge: Judge | None = None
+             ) -> tuple[TrainConfig, RunDir, Checked | None]:
     """Check the run dir; a new run passes :func:`preflight` and then writes its config
     first, a resumed one reads it back."""
     run = RunDir(Path(cfg.run_dir))
@@ -86,7 +89,7 @@ def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Check
             f"run_dir: {run.root} already exists; pass --resume to continue it or choose "
             "another run_dir"
         )
-    checked = preflight(cfg)  # bad input fails here, before the run's first file
+    checked = preflight(cfg, judge)  # bad input fails here, before the run's first file
     dump_config(cfg, run.config)
     return cfg, run, checked
 
@@ -133,7 +136,9 @@ def _finite(values: dict[str, float]) -> dict[str, float]:
 
 def _round(r: Round, algo: Algorithm) -> dict[str, float]:
     """One iteration: the algorithm's round, then the metrics every algorithm reports."""
-    metrics = algo.round(r)
+    metrics = algo.round(r) | r.judge_diagnostics
+    if r.dist.is_main and (warning := noise_warning(r.judge_.name, metrics)):
+        log.warning(warning)
     assert r.data is not None, f"{algo.name}'s round sampled nothing"
     pol = r.data.roles["policy"]
     metrics["kl_policy_ref"] = float(np.mean(pol.logp["pi_t"] - pol.logp["ref"]))
@@ -177,25 +182,29 @@ def _summary(t: int, total: int, m: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+          judge: Judge | None = None) -> Path:
     """Run (or, with ``resume``, continue) a training run; returns the run directory.
+
+    ``judge``: a judge built in Python, used instead of building ``cfg.judge`` (which should
+    describe it: ``nlhf.train`` writes it so for a preference function).
 
     Under ``accelerate launch`` (several processes) every rank calls this; rank 0 alone
     checks, locks and writes the run directory (see :mod:`nlhf.llm.distributed`).
     """
     dist = make_dist()
-    cfg, run, checked = dist.on_main(lambda: _prepare(cfg, resume),
+    cfg, run, checked = dist.on_main(lambda: _prepare(cfg, resume, judge),
                                      share=lambda r: (r[0], r[1], None))
     with ExitStack() as main_only:
         dist.on_main(lambda: main_only.enter_context(run_lock(run)), share=lambda _: None)
         if resume:
             dist.on_main(lambda: remove_partial_writes(run), share=lambda _: None)
-        _run(cfg, run, progress, checked, dist)
+        _run(cfg, run, progress, checked, dist, judge)
     return run.root
 
 
 def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
-         dist: Dist) -> None:
+         dist: Dist, given_judge: Judge | None = None) -> None:
     own = dist.on_main(lambda: RunStore(run.store), share=lambda _: None)
     store = shared_store(own, dist)
     progress = progress and dist.is_main
@@ -213,7 +222,7 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
         tracker = open_tracker(cfg.report_to, run.root, cfg.model_dump(mode="json"),
                                enabled=dist.is_main)  # report_to: tensorboard, trackio, wandb
         policy = _load_policy(cfg, dist.device)
-        inner = checked.judge if checked else make_judge(cfg.judge)
+        inner = checked.judge if checked else given_judge or make_judge(cfg.judge)
         judge = CachedJudge(ShardedJudge(inner, dist) if dist.world > 1 else inner, store)
         algo = make_algorithm(cfg.algorithm, cfg.hparams)
         _restore(policy, run, done)

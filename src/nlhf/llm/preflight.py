@@ -2,9 +2,11 @@
 
 Why: a run that fails on its prompts, judge or model path after ``config.yaml`` and the store
 exist leaves a half-made run directory that blocks the next start ("already exists"). Here
-the prompts are loaded and split, the judge is built (no model or endpoint is contacted) and
-local model paths are checked, so bad input costs one line and writes nothing. The model
-itself is not loaded: that is the slow part, and its errors are one-line input errors too.
+the prompts are loaded and split, the judge is built (no model or endpoint is contacted:
+its fields' types and bounds and its endpoint URL are checked, and a Python preference
+function answers a two-pair probe batch) and local model paths are checked, so bad input
+costs one line and writes nothing. The model itself is not loaded: that is the slow part,
+and its errors are one-line input errors too.
 """
 
 from __future__ import annotations
@@ -56,10 +58,12 @@ def check_model_paths(cfg: TrainConfig) -> None:
         local_model_path(value, f"judge.{field}")
 
 
-def preflight(cfg: TrainConfig) -> Checked:
-    """Validate a new run's inputs without loading the model; raises NLHFInputError."""
+def preflight(cfg: TrainConfig, judge: Judge | None = None) -> Checked:
+    """Validate a new run's inputs without loading the model; raises NLHFInputError.
+    ``judge``: one built in Python (``nlhf.train(..., judge=...)``) instead of cfg.judge's."""
     train, heldout = check_prompts(cfg)
-    judge = make_judge(cfg.judge)
+    judge = judge if judge is not None else make_judge(cfg.judge)
+    judge.preflight_check()
     check_model_paths(cfg)
     check_report_to(cfg.report_to)
     return Checked(train, heldout, judge)

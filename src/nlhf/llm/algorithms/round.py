@@ -24,6 +24,7 @@ import torch
 
 from nlhf.llm.distributed import SINGLE, Dist, sharded_logprobs
 from nlhf.llm.fit import LossFn, fit
+from nlhf.llm.judges.diagnostics import RoundDiagnostics
 from nlhf.llm.samples import (
     ADAPTER_OF,
     RoundData,
@@ -96,6 +97,8 @@ class Round:
         self.generator, self.dist = generator, dist
         self.data: RoundData | None = None  # the round's samples, once sampled
         self.timings: dict[str, float] = {}
+        #: Position consistency, ties and failures of this round's judge pass (metrics).
+        self.judge_diagnostics: dict[str, float] = {}
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -147,11 +150,20 @@ class Round:
 
         def ask() -> dict[str, Any]:
             hits, misses = judge.hits, judge.misses
-            probs = run_judge(judge, data, [c for block in asked for c in block], self.progress,
-                              on_chunk=lambda k: self.checkpoint(f"{self.key('judge')}/chunk{k}"))
-            return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits}
+            diagnostics = RoundDiagnostics(judge, self.store, self.dist, self.key("judge"))
 
-        probs = np.asarray(self.phase("judge", ask)["probs"], dtype=np.float64)
+            def chunk_done(k: int) -> None:
+                diagnostics.chunk_done(k)
+                self.checkpoint(f"{self.key('judge')}/chunk{k}")
+
+            probs = run_judge(judge, data, [c for block in asked for c in block], self.progress,
+                              chunk_done)
+            return {"probs": probs, "asked": judge.misses - misses, "cached": judge.hits - hits,
+                    "diagnostics": diagnostics.metrics()}
+
+        payload = self.phase("judge", ask)
+        self.judge_diagnostics = dict(payload.get("diagnostics", {}))
+        probs = np.asarray(payload["probs"], dtype=np.float64)
         bounds = np.cumsum([0, *(len(block) for block in asked)])
         return [probs[lo:hi].reshape(answer_shape(data, q))
                 for q, lo, hi in zip(questions, bounds[:-1], bounds[1:], strict=True)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,12 @@ from typing import Any
 import numpy as np
 
 from nlhf.errors import NLHFInputError
+from nlhf.llm.http_client import require_http_url
 from nlhf.llm.judges.base import Judge
 
-JUDGES = ("criteria", "reward-model", "llm-judge", "openai", "tabular")
+JUDGES = ("criteria", "reward-model", "llm-judge", "openai", "tabular", "python")
+#: Fields every judge type takes; they change how a run treats answers, never an answer.
+COMMON_FIELDS = ("max_failure_rate",)
 
 # type → (required fields, optional fields); the optional ones mirror the constructors.
 _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -23,12 +27,27 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                "chat_template", "max_response_tokens", "batch_size")),
     "openai": (("base_url", "model"), ("api_key_env", "template", "temperature", "max_tokens",
                                        "logprobs", "top_logprobs", "timeout", "max_retries",
-                                       "backoff", "max_backoff", "concurrency", "batch_size")),
+                                       "backoff", "max_backoff", "concurrency", "batch_size",
+                                       "answer_retries")),
     "tabular": ((), ("P", "game", "batch_size")),
+    "python": (("function",), ("name", "symmetric", "batch_size")),
 }
+# field → (kind, lower bound, upper bound, lower bound excluded); checked for every type.
+_BOUNDS: dict[str, tuple[str, float, float | None, bool]] = {
+    "batch_size": ("int", 1, None, False), "concurrency": ("int", 1, None, False),
+    "max_retries": ("int", 0, None, False), "answer_retries": ("int", 0, None, False),
+    "max_tokens": ("int", 1, None, False), "top_logprobs": ("int", 0, 20, False),
+    "max_response_tokens": ("int", 1, None, False), "max_length": ("int", 1, None, False),
+    "timeout": ("number", 0, None, True), "backoff": ("number", 0, None, False),
+    "max_backoff": ("number", 0, None, False), "temperature": ("number", 0, None, False),
+    "max_failure_rate": ("number", 0, 1, False),
+}
+_BOOLS = ("logprobs", "soft", "trust_remote_code", "symmetric")
+_STRINGS = ("model", "api_key_env", "template", "name", "base_url")
 _HINTS = {
     "model": "a Hugging Face Hub id or a local model folder",
     "base_url": "the endpoint's base URL, e.g. http://127.0.0.1:8000/v1",
+    "function": "'package.module:function', a batched prefer(prompts, a, b)",
 }
 
 
@@ -43,14 +62,39 @@ def make_judge(spec: Mapping[str, Any]) -> Judge:
     required, optional = _FIELDS[kind]
     fields = {k: v for k, v in spec.items() if k != "type"}
     for name in fields:
-        if name not in required and name not in optional:
+        if name not in required and name not in optional and name not in COMMON_FIELDS:
             raise NLHFInputError(f"judge.{name}: not a field of judge type {kind!r}; "
-                                 f"fields: {', '.join(required + optional)}")
+                                 f"fields: {', '.join(required + optional + COMMON_FIELDS)}")
     for name in required:
         if fields.get(name) in (None, ""):
             raise NLHFInputError(f"judge.{name}: required for judge type {kind!r} "
                                  f"({_HINTS.get(name, 'missing')})")
-    return _BUILDERS[kind](fields)
+    check_fields(fields)
+    if "base_url" in fields:
+        require_http_url(fields["base_url"], "judge.base_url")
+    limit = fields.pop("max_failure_rate", None)
+    judge = _BUILDERS[kind](fields)
+    if limit is not None:
+        judge.max_failure_rate = float(limit)
+    return judge
+
+
+def check_fields(fields: Mapping[str, Any]) -> None:
+    """Types and bounds of the judge fields, one line naming the field (before any build)."""
+    for name, value in fields.items():
+        if name in _BOUNDS:
+            kind, lo, hi, open_lo = _BOUNDS[name]
+            ok_type = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+            ok = ok_type and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value > lo if open_lo else value >= lo) and (hi is None or value <= hi)
+            if not ok:
+                what = "an integer" if kind == "int" else "a number"
+                bound = f"{'>' if open_lo else '>='} {lo:g}" + (f" and <= {hi:g}" if hi else "")
+                raise NLHFInputError(f"judge.{name}: must be {what} {bound}, got {value!r}")
+        elif name in _BOOLS and not isinstance(value, bool):
+            raise NLHFInputError(f"judge.{name}: must be true or false, got {value!r}")
+        elif name in _STRINGS and value is not None and not isinstance(value, str):
+            raise NLHFInputError(f"judge.{name}: must be a string, got {value!r}")
 
 
 def _criteria(f: dict[str, Any]) -> Judge:
@@ -77,6 +121,12 @@ def _openai(f: dict[str, Any]) -> Judge:
     return OpenAIJudge(**f)
 
 
+def _python(f: dict[str, Any]) -> Judge:
+    from nlhf.llm.judges.python_fn import FunctionJudge
+
+    return FunctionJudge(**f)
+
+
 def _tabular(f: dict[str, Any]) -> Judge:
     from nlhf.llm.judges.tabular import TabularJudge
 
@@ -100,5 +150,5 @@ def _tabular(f: dict[str, Any]) -> Judge:
 
 _BUILDERS: dict[str, Callable[[dict[str, Any]], Judge]] = {
     "criteria": _criteria, "reward-model": _reward_model, "llm-judge": _llm_judge,
-    "openai": _openai, "tabular": _tabular,
+    "openai": _openai, "tabular": _tabular, "python": _python,
 }
