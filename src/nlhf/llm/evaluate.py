@@ -23,6 +23,8 @@ import numpy as np
 from nlhf.atomic import write_json_atomic
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig, load_config
+from nlhf.llm.resume import check_readable
+from nlhf.llm.rundir import RunDir
 from nlhf.stats import mean_interval, wilson_interval
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ def open_run(run_dir: str | Path, what: str = "run", *, need_adapters: bool = Tr
             f"{what}: {path} has no config.yaml; pass a run directory written by `nlhf train`"
         )
     cfg = load_config(path / "config.yaml")
+    check_readable(RunDir(path), cfg.model.finetune)  # corrupt or NaN files: one line
     saved = _saved_iterations(path)
     if not saved and need_adapters:
         raise NLHFInputError(

@@ -23,6 +23,7 @@ import torch
 from nlhf.llm.batching import even_batches
 from nlhf.llm.distributed import SINGLE, Dist, trained_module
 from nlhf.llm.policy.loading import set_seed
+from nlhf.llm.resume import require_finite_step, require_finite_weights
 from nlhf.llm.samples import bar
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ def fit(
                         dist.backward(share)
                     loss += float(share.detach())
                 norm = dist.clip_grad_norm(params, opt.max_grad_norm)
+                require_finite_step(loss, float(norm), desc, len(losses) + 1)
                 stepper.step()
                 losses.append(loss)
                 norms.append(float(norm))
@@ -128,6 +130,7 @@ def fit(
                 if on_step is not None:
                     on_step(len(losses))
     optimizer.zero_grad(set_to_none=True)
+    require_finite_weights(params, desc)
     if not losses:
         return {"loss": float("nan"), "steps": 0}
     return {

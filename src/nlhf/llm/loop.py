@@ -32,15 +32,17 @@ import numpy as np
 from nlhf.errors import NLHFInputError
 from nlhf.llm.algorithms import LLM_ALGORITHMS, LLMAlgorithm
 from nlhf.llm.algorithms.base import RoundContext
-from nlhf.llm.config import TrainConfig, dump_config, load_config
+from nlhf.llm.config import TrainConfig, dump_config
 from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
 from nlhf.llm.preflight import Checked, preflight
 from nlhf.llm.prompts import load_prompts, split_prompts
+from nlhf.llm.resume import record_creation, verify_resume
 from nlhf.llm.rundir import (
     RunDir,
     policy_iterates,
     read_state,
     remove_partial_writes,
+    require_writable,
     run_lock,
     sample_average_iterate,
     write_metrics,
@@ -76,7 +78,7 @@ def _checkpoint(key: str) -> None:
 
 def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Checked | None]:
     """Check the run dir; a new run passes :func:`preflight` and then writes its config
-    first, a resumed one reads it back."""
+    first, a resumed one passes :func:`verify_resume` (nlhf.llm.resume)."""
     run = RunDir(Path(cfg.run_dir))
     if resume:
         if not run.config.is_file():
@@ -84,20 +86,16 @@ def _prepare(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, RunDir, Check
                 f"run_dir: {run.root} has no config.yaml, so there is no run to resume; "
                 "start it without --resume"
             )
-        stored = load_config(run.config).model_copy(update={"run_dir": str(run.root)})
-        given, kept = cfg.model_dump(), stored.model_dump()
-        changed = sorted(k for k in given if k != "run_dir" and given[k] != kept[k])
-        if changed:
-            log.warning("resume: using %s; ignoring changed sections: %s", run.config,
-                        ", ".join(changed))
-        return stored, run, None
+        return verify_resume(run, cfg), run, None  # config, store, state, adapters agree
     if run.root.exists() and (not run.root.is_dir() or any(run.root.iterdir())):
         raise NLHFInputError(
             f"run_dir: {run.root} already exists; pass --resume to continue it or choose "
             "another run_dir"
         )
+    require_writable(run.root)
     checked = preflight(cfg)  # bad input fails here, before the run's first file
     dump_config(cfg, run.config)
+    record_creation(run, cfg)
     return cfg, run, checked
 
 
@@ -138,6 +136,11 @@ def _restore(policy: LMPolicy, run: RunDir, iteration: int) -> None:
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
+    """Undefined metrics (e.g. a phase with no step) are left out, loudly: a non-finite
+    loss or gradient already stopped training (:func:`nlhf.llm.resume.require_finite_step`)."""
+    dropped = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if dropped:
+        log.warning("metrics left out as non-finite: %s", ", ".join(dropped))
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
