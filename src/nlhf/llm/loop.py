@@ -211,6 +211,25 @@ def _finish_round(ctx: RoundContext, metrics: dict[str, float]) -> dict[str, flo
     return {name: value for i, name, value in rows if i == t}
 
 
+def _banner(cfg: TrainConfig, run: RunDir, n_train: int) -> str:
+    """The start-up line: what the whole run costs (nlhf.llm.plan), so an absurd but legal
+    size is visible before the work, not after."""
+    from nlhf.llm.plan import make_plan
+
+    plan = make_plan(cfg, n_train)
+    mem = plan["memory"]
+    if mem.get("params") == "unknown":
+        saved = "unknown size"
+    else:
+        each = (mem["adapter_bytes"] if cfg.model.finetune == "lora" else
+                mem["weights_bytes"] * (2 if cfg.algorithm == "enpo" else 1))
+        saved = f"{each / 2**20:,.1f} MiB/round, {each * plan['rounds'] / 2**20:,.1f} MiB in all"
+    return (f"nlhf train {run.root}: {cfg.algorithm}, {plan['rounds']} rounds x "
+            f"{plan['prompts_per_round']} prompts; ~{plan['generations']['total']:,} generations "
+            f"(<= {plan['tokens']['generated_total_max']:,} new tokens), "
+            f"~{plan['judge']['calls_total']:,} judge calls; saved weights {saved}")
+
+
 def _summary(t: int, total: int, m: dict[str, float]) -> str:
     parts = [f"iter {t}/{total}"]
     for key, fmt in (("score_policy", "{:.3f}"), ("score_adversary", "{:.3f}"),
@@ -246,6 +265,8 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
     progress = progress and dist.is_main
     try:
         train_prompts = dist.on_main(lambda: _ensure_prompts(cfg, own, checked))
+        if dist.is_main:
+            print(_banner(cfg, run, len(train_prompts)), flush=True)
         done = dist.on_main(lambda: int(read_state(run.root).get("last_completed_iteration", 0)))
         if done >= cfg.iterations:
             return
