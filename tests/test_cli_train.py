@@ -125,22 +125,15 @@ def _run_dir_under_a_file(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
     return ["run_dir", "is a file, not a folder"]
 
 
-def _junk_model_folder(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
-    folder = tmp_path / "junk"
-    folder.mkdir()
-    (folder / "config.json").write_text("{not json")
-    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
-    raw["model"]["name"] = str(folder)
-    return ["model.name", "config.json", "not valid JSON"]
-
-
-def _junk_weights(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
-    folder = tmp_path / "junk"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    (folder / "model.safetensors").write_bytes(b"\x07" * 64)
-    raw["model"]["name"] = str(folder)
-    return ["model.name", "model.safetensors", "not a readable safetensors"]
+def _junk_model(config_json: str, weights: bytes, *needles: str) -> Case:
+    def edit(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
+        folder = tmp_path / "junk"
+        folder.mkdir()
+        (folder / "config.json").write_text(config_json)
+        (folder / "model.safetensors").write_bytes(weights)
+        raw["model"]["name"] = str(folder)
+        return ["model.name", *needles]
+    return edit
 
 
 def _prompt_beyond_context(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
@@ -178,8 +171,9 @@ CASES: dict[str, Case] = {
     "lora rank 100000": _set("model", lora={"r": 100000}),
     "temperature 1e-30": _set("rollout", temperature=1e-30),
     "run_dir under a file": _run_dir_under_a_file,
-    "junk model folder": _junk_model_folder,
-    "junk model weights": _junk_weights,
+    "junk model folder": _junk_model("{not json", b"\x00" * 64, "config.json", "not valid JSON"),
+    "junk model weights": _junk_model("{}", b"\x07" * 64, "model.safetensors",
+                                      "not a readable safetensors"),
     "prompt beyond the context": _prompt_beyond_context,
 }
 
