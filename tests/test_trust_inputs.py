@@ -82,3 +82,23 @@ def test_conversion_bars_are_dropped_off_a_terminal(monkeypatch: pytest.MonkeyPa
     with _bars_on_terminal_only():
         print("Converting ... 50%", file=sys.stderr)
     assert "50%" in terminal.getvalue()
+
+
+def test_resume_errors_and_history_hide_secret_values(tmp_path: Path) -> None:
+    from nlhf.llm.config import TrainConfig, dump_config
+    from nlhf.llm.resume import record_creation, verify_resume
+    from nlhf.llm.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    cfg = TrainConfig.model_validate({"run_dir": str(run.root), "judge": {"type": "criteria"}})
+    dump_config(cfg, run.config)
+    record_creation(run, cfg)
+    secret = cfg.model_copy(update={"judge": {"type": "criteria", "api_key": "sk-SECRET"}})
+    with pytest.raises(NLHFInputError) as e:
+        verify_resume(run, secret)
+    assert "judge.api_key" in str(e.value) and "sk-SECRET" not in str(e.value)
+    assert "<hidden>" in str(e.value)
+    more = cfg.model_copy(update={"iterations": 5})
+    assert verify_resume(run, more).iterations == 5
+    assert "sk-SECRET" not in (run.root / "history.jsonl").read_text()
+    assert '"iterations": [3, 5]' in (run.root / "history.jsonl").read_text()

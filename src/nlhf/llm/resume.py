@@ -98,7 +98,20 @@ def record_creation(run: RunDir, cfg: TrainConfig) -> None:
     _history(run, {"event": "created", "fingerprint": _write_fingerprint(run, cfg)})
 
 
-def _short(value: Any) -> str:
+_SECRET_WORDS = ("key", "token", "secret", "password")
+HIDDEN = "<hidden>"
+
+
+def _secret(field: str) -> bool:
+    """A field whose value must not reach an error line or the history (``*_env`` names an
+    environment variable, which is fine to show)."""
+    last = field.rsplit(".", 1)[-1].lower()
+    return any(w in last for w in _SECRET_WORDS) and not last.endswith("_env")
+
+
+def _short(value: Any, field: str = "") -> str:
+    if _secret(field):
+        return HIDDEN
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -121,7 +134,8 @@ def _check_fingerprint(run: RunDir, stored: TrainConfig) -> None:
                  "<unknown>")
     raise NLHFInputError(
         f"{run.config}: field '{field}' was edited after the run started (was "
-        f"{_short(fields.get(field))}, now {_short(now.get(field))}); restore it, or "
+        f"{_short(fields.get(field), field)}, now {_short(now.get(field), field)}); restore "
+        f"it, or "
         f"{NEW_RUN}"
     )
 
@@ -142,8 +156,8 @@ def verify_resume(run: RunDir, requested: TrainConfig) -> TrainConfig:
     for field, (old, new) in changed.items():
         if not _is(field, SAFE_ON_RESUME):
             raise NLHFInputError(
-                f"resume: field '{field}' differs from the run's config ({_short(old)} in "
-                f"{run.config}, {_short(new)} given); it cannot change on resume: drop the "
+                f"resume: field '{field}' differs from the run's config ({_short(old, field)} in"
+                f" {run.config}, {_short(new, field)} given); it cannot change on resume: drop the "
                 f"change, or {NEW_RUN}"
             )
     done = check_run_files(run, stored.model.finetune)
@@ -156,7 +170,8 @@ def verify_resume(run: RunDir, requested: TrainConfig) -> TrainConfig:
     if changed:
         dump_config(cfg, run.config)
     _history(run, {"event": "resume", "completed_iteration": done,
-                   "changed": {k: list(v) for k, v in changed.items()}})
+                   "changed": {k: [HIDDEN, HIDDEN] if _secret(k) else list(pair)
+                               for k, pair in changed.items()}})
     return cfg.model_copy(update={"run_dir": str(run.root)})
 
 
