@@ -105,8 +105,8 @@ HIDDEN = "<hidden>"
 def _secret(field: str) -> bool:
     """A field whose value must not reach an error line or the history (``*_env`` names an
     environment variable, which is fine to show)."""
-    last = field.rsplit(".", 1)[-1].lower()
-    return any(w in last for w in _SECRET_WORDS) and not last.endswith("_env")
+    words = field.rsplit(".", 1)[-1].lower().split("_")
+    return any(w in words for w in _SECRET_WORDS) and words[-1] != "env"
 
 
 def _short(value: Any, field: str = "") -> str:
@@ -206,14 +206,16 @@ def _metrics_file(run: RunDir) -> dict[int, dict[str, Any]]:
     return rows
 
 
-def check_readable(run: RunDir, finetune: str = "lora") -> None:
+def check_readable(run: RunDir, finetune: str = "lora", *, strict: bool = False) -> None:
     """What ``nlhf eval`` needs: state.json parses, the store opens, every saved adapter
-    loads and is finite."""
+    loads and is finite (an adapter folder without weights only when ``strict``: eval's
+    loader names a missing file itself)."""
     _state(run)
     if run.store.exists():
         RunStore.open_existing(run.store).close()
     for folder in sorted(run.root.glob("adapters/iter_*/*")):
-        if folder.is_dir() and not folder.name.startswith("."):
+        saved = strict or any(folder.glob("*.safetensors"))
+        if folder.is_dir() and not folder.name.startswith(".") and saved:
             check_adapter(folder, finetune)
 
 
@@ -221,7 +223,7 @@ def check_run_files(run: RunDir, finetune: str = "lora") -> int:
     """What a resume needs: :func:`check_readable`, and state, store, metrics and adapters
     agree on the completed rounds (a kill between two writes leaves a newer store or
     metrics.jsonl, never an older one); returns the completed rounds."""
-    check_readable(run, finetune)
+    check_readable(run, finetune, strict=True)
     done, iterates = _state(run)
     expected = [f"adapters/iter_{t}/policy" for t in range(1, done + 1)]
     if iterates != expected:
