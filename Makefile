@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo lab test lint clean
+.PHONY: demo lab test test-fresh-home lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q
+
+# The CLI tests as on a fresh machine: empty HOME, so no converted model and no HF cache.
+test-fresh-home: $(STAMP)
+	fresh=$$(mktemp -d) && HOME=$$fresh $(PY) -m pytest -q tests/test_cli_train.py; \
+	status=$$?; rm -rf "$$fresh"; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -119,6 +119,28 @@ def _pickle_only_model(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
     return ["model.name", "pytorch_model.bin", "safetensors"]
 
 
+def _run_dir_under_a_file(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
+    (tmp_path / "afile").write_text("mine")
+    raw["run_dir"] = str(tmp_path / "afile" / "run")
+    return ["run_dir", "is a file, not a folder"]
+
+
+def _junk_model(config_json: str, weights: bytes, *needles: str) -> Case:
+    def edit(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
+        folder = tmp_path / "junk"
+        folder.mkdir()
+        (folder / "config.json").write_text(config_json)
+        (folder / "model.safetensors").write_bytes(weights)
+        raw["model"]["name"] = str(folder)
+        return ["model.name", *needles]
+    return edit
+
+
+def _prompt_beyond_context(tmp_path: Path, raw: dict[str, Any]) -> list[str]:
+    raw["rollout"]["max_new_tokens"] = 2040  # the tiny model's context is 2048 tokens
+    return ["data.prompts", "rollout.max_new_tokens (2040)", "2048-token context"]
+
+
 GOOD = json.dumps({"prompt": "Fine."})
 CASES: dict[str, Case] = {
     "unknown field": _set("hparams", etaa=1.0),
@@ -140,6 +162,19 @@ CASES: dict[str, Case] = {
     "model path does not exist": _set("model", name="/nonexistent/model"),
     "pickle-only model folder": _pickle_only_model,
     "judge model path does not exist": _judge_model_missing,
+    "learning rate inf": _set("train", learning_rate=float("inf")),
+    "learning rate 1e30": _set("train", learning_rate=1e30),
+    "eta inf": _set("hparams", eta=float("inf")),
+    "iterations true": _set("", iterations=True),
+    "iterations 1e9": _set("", iterations=10**9),
+    "max_new_tokens 1e9": _set("rollout", max_new_tokens=10**9),
+    "lora rank 100000": _set("model", lora={"r": 100000}),
+    "temperature 1e-30": _set("rollout", temperature=1e-30),
+    "run_dir under a file": _run_dir_under_a_file,
+    "junk model folder": _junk_model("{not json", b"\x00" * 64, "config.json", "not valid JSON"),
+    "junk model weights": _junk_model("{}", b"\x07" * 64, "model.safetensors",
+                                      "not a readable safetensors"),
+    "prompt beyond the context": _prompt_beyond_context,
 }
 
 
@@ -159,7 +194,11 @@ def test_missing_and_unreadable_config_files(tmp_path: Path) -> None:
     bad.write_text("run_dir: [unclosed\nseed: 0\n")
     one_line_error(run_cli("train", "--config", str(bad)), "bad.yaml", "not valid YAML")
     one_line_error(run_cli("train", "--config", str(tmp_path)), str(tmp_path), "cannot read")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    one_line_error(run_cli("train", "--config", str(empty)), "empty.yaml",
+                   "missing required fields 'run_dir', 'algorithm'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "empty.yaml"]
 
 
 def test_run_dir_errors(tmp_path: Path) -> None:
@@ -196,6 +235,8 @@ def test_judge_endpoint_down_then_resume(tmp_path: Path) -> None:
         server.stop()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "run finished" in proc.stdout
+    # The start-up banner says what the run costs before the work.
+    assert "1 rounds x 2 prompts" in proc.stdout and "judge calls" in proc.stdout
     assert server.state["paths"] and set(server.state["paths"]) == {"/v1/chat/completions"}
     assert json.loads((run / "state.json").read_text())["last_completed_iteration"] == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1

@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "llama3-8b-enpo.yaml"
 
 
+REQUIRED = "run_dir: runs/demo\nalgorithm: enpo\n"
+
+
 def _cfg(tmp_path: Path, data: object) -> Path:
+    """A config file; a dict gets the required fields unless it sets them."""
     path = tmp_path / "c.yaml"
+    if isinstance(data, dict):
+        data = {"run_dir": "runs/demo", "algorithm": "enpo", **data}
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return path
 
@@ -29,8 +35,16 @@ def _error(path: Path, overrides: dict | None = None) -> str:
     return msg
 
 
-def test_empty_file_gives_defaults(tmp_path: Path) -> None:
-    cfg = load_config(_cfg(tmp_path, ""))
+def test_empty_file_names_the_required_fields(tmp_path: Path) -> None:
+    msg = _error(_cfg(tmp_path, ""))
+    assert "missing required fields 'run_dir', 'algorithm'" in msg
+    assert "'algorithm'" in _error(_cfg(tmp_path, "run_dir: runs/x\n"))
+    # An override counts as setting the field.
+    assert load_config(_cfg(tmp_path, "run_dir: runs/x\n"), {"algorithm": "xpo"}).algorithm == "xpo"
+
+
+def test_required_fields_then_defaults(tmp_path: Path) -> None:
+    cfg = load_config(_cfg(tmp_path, REQUIRED))
     assert cfg == TrainConfig()
     assert cfg.algorithm == "denpo" and cfg.iterations == 3
     assert cfg.hparams.eta == 7.5e-3 and cfg.hparams.tau == 2.5e-3
@@ -39,7 +53,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 
 
 def test_empty_section_means_defaults(tmp_path: Path) -> None:
-    cfg = load_config(_cfg(tmp_path, "hparams:\nrollout:\n  max_new_tokens: 16\n"))
+    cfg = load_config(_cfg(tmp_path, REQUIRED + "hparams:\nrollout:\n  max_new_tokens: 16\n"))
     assert cfg.hparams == TrainConfig().hparams and cfg.rollout.max_new_tokens == 16
 
 
@@ -94,6 +108,39 @@ def test_non_positive_values_name_the_field(
 ) -> None:
     msg = _error(_cfg(tmp_path, {section: {key: value}}))
     assert f"field '{section}.{key}'" in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("train:\n  learning_rate: .inf\n", "train.learning_rate", "finite"),
+        ("hparams:\n  eta: .inf\n", "hparams.eta", "finite"),
+        ("hparams:\n  tau: .nan\n", "hparams.tau", "finite"),
+        ("train:\n  max_grad_norm: .inf\n", "train.max_grad_norm", "finite"),
+        ("iterations: true\n", "iterations", "valid integer"),
+        ("iterations: 2.5\n", "iterations", "valid integer"),
+        ("iterations: 1e9\n", "iterations", "valid integer"),  # YAML 1.1 reads a string
+        ("iterations: 1000000000\n", "iterations", "less than or equal to 10000"),
+        ("rollout:\n  max_new_tokens: 1000000000\n", "rollout.max_new_tokens", "32768"),
+        ("eval:\n  max_new_tokens: 1000000000\n", "eval.max_new_tokens", "32768"),
+        ("model:\n  lora:\n    r: 100000\n", "model.lora.r", "1024"),
+        ("train:\n  learning_rate: 1.0e+30\n", "train.learning_rate", "less than or equal"),
+        ("rollout:\n  temperature: 1.0e-30\n", "rollout.temperature", "greater than or equal"),
+        ("eval:\n  temperature: 1.0e-30\n", "eval.temperature", "greater than or equal"),
+        ("hparams:\n  eta: true\n", "hparams.eta", "valid number"),
+        ("seed: 5000000000\n", "seed", "less than"),
+    ],
+)
+def test_non_finite_non_integer_and_absurd_values_are_refused(
+    tmp_path: Path, text: str, field: str, words: str
+) -> None:
+    msg = _error(_cfg(tmp_path, REQUIRED + text))
+    assert f"field '{field}'" in msg and words in msg
+
+
+def test_whole_floats_are_still_numbers(tmp_path: Path) -> None:
+    cfg = load_config(_cfg(tmp_path, REQUIRED + "hparams:\n  eta: 1\n  tau: 0.5\n"))
+    assert cfg.hparams.eta == 1.0 and isinstance(cfg.hparams.eta, float)
 
 
 def test_non_positive_iterations(tmp_path: Path) -> None:

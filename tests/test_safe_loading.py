@@ -107,6 +107,11 @@ def test_local_model_path_rules(pickle_only: Path, tmp_path: Path) -> None:
     with pytest.raises(NLHFInputError, match=r"judge\.model: path \./nope does not exist"):
         local_model_path("./nope", "judge.model")
     (pickle_only / "model.safetensors").write_bytes(b"")
+    with pytest.raises(NLHFInputError, match=r"model: .*model\.safetensors is not a readable"):
+        local_model_path(str(pickle_only))  # junk weights: one line, not a loader traceback
+    from safetensors.torch import save_file
+
+    save_file({}, str(pickle_only / "model.safetensors"))
     assert local_model_path(str(pickle_only)) == pickle_only
     (tmp_path / "weights.txt").write_text("x")
     with pytest.raises(NLHFInputError, match=r"neither a model folder nor a \.gguf file"):

@@ -105,3 +105,49 @@ def test_paper_claims_preset_meets_every_claim(tmp_path):
     failed = [f"{c.text}: {c.measured}" for c in graded if not c.passed]
     assert not failed, failed
     assert "PASS" in (tmp_path / "summary.md").read_text()
+
+
+GOOD_P = [[0.5, 0.9], [0.1, 0.5]]
+
+
+BAD_GAMES = {
+    "tau a string": ({"P": GOOD_P, "ref": [0.5, 0.5], "tau": "0.1"}, "field 'tau' must be a"),
+    "tau a list": ({"P": GOOD_P, "ref": [0.5, 0.5], "tau": [0.1, 0.2]}, "field 'tau' must be a"),
+    "tau a bool": ({"P": GOOD_P, "ref": [0.5, 0.5], "tau": True}, "field 'tau' must be a"),
+    "P a scalar": ({"P": 0.5, "ref": [0.5, 0.5], "tau": 0.1}, "field 'P' must be a (K, K)"),
+    "P empty": ({"P": [], "ref": [0.5, 0.5], "tau": 0.1}, "field 'P' must be a (K, K)"),
+    "P empty rows": ({"P": [[]], "ref": [0.5, 0.5], "tau": 0.1}, "field 'P' must be a (K, K)"),
+}
+# simulate takes tau from --tau, so only nash reads a file's tau.
+GAME_CASES = [("nash", name) for name in BAD_GAMES] + [
+    ("simulate", name) for name in BAD_GAMES if name.startswith("P")]
+
+
+@pytest.mark.parametrize(("command", "name"), GAME_CASES)
+def test_malformed_game_file_is_one_line(tmp_path, command, name):
+    fields, message = BAD_GAMES[name]
+    path = tmp_path / "game.json"
+    path.write_text(json.dumps(fields))
+    out_dir = tmp_path / "out"
+    args = ["nash", "--game", str(path)] if command == "nash" else [
+        "simulate", "--game", str(path), "--T", "2", "--seeds", "1", "--algorithms", "inpo",
+        "--out", str(out_dir), "--no-progress"]
+    out = nlhf(*args)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+    assert message in out.stderr and str(path) in out.stderr
+    assert not out_dir.exists()
+
+
+def test_simulate_out_must_be_a_writable_folder(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    out = nlhf("simulate", "--T", "2", "--seeds", "1", "--algorithms", "inpo",
+               "--out", str(taken), "--no-progress")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "--out" in out.stderr and "is a file" in out.stderr
+    assert taken.read_text() == "mine"
+    out = nlhf("simulate", "--T", "2", "--seeds", "1", "--algorithms", "inpo",
+               "--out", str(taken / "sub"), "--no-progress")
+    assert out.returncode == 2 and "is a file, not a folder" in out.stderr, out.stderr
+    assert out.stderr.strip().count("\n") == 0

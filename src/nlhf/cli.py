@@ -31,6 +31,29 @@ def _split_list(text: str, what: str) -> list[str]:
     return items
 
 
+def _file_or_text(value: str, what: str) -> str:
+    """The file ``value`` names, or ``value`` itself (inline YAML may be too long a name)."""
+    try:
+        is_file = Path(value).is_file()
+    except (OSError, ValueError):  # name too long, NUL byte: not a file name
+        return value
+    if not is_file:
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NLHFInputError(f"{what}: cannot read {value} ({exc.__class__.__name__})") from None
+
+
+def _writable_output(out: Path) -> None:
+    """``--out`` must be a folder we can write, checked before any work."""
+    from nlhf.llm.rundir import require_writable
+
+    if out.exists() and not out.is_dir():
+        raise NLHFInputError(f"--out: {out} is a file, not a folder; choose another --out")
+    require_writable(out, "--out")
+
+
 @app.command()
 def simulate(
     instance: Annotated[
@@ -105,6 +128,7 @@ def simulate(
         )
         specs[0].game()  # validate the game (file or flags) before starting workers
         exp = Experiment(specs, command)
+    _writable_output(out)
     results = run_experiment(exp, workers=workers, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "results.json", results, indent=1)
@@ -153,10 +177,12 @@ def train(
 
     overrides = parse_overrides(set_ or [])
     if resume is not None:
+        # The run's own config, or --config, plus --set: a resume accepts only the changes
+        # nlhf.llm.resume allows (more iterations, eval, endpoints) and refuses the others.
         cfg_path = resume / "config.yaml"
         if not cfg_path.is_file():
             raise NLHFInputError(f"--resume: {cfg_path} not found; is {resume} a run directory?")
-        cfg = load_config(cfg_path, {**overrides, "run_dir": str(resume)})
+        cfg = load_config(config or cfg_path, {**overrides, "run_dir": str(resume)})
     elif config is not None:
         cfg = load_config(config, overrides)
     else:
@@ -195,7 +221,7 @@ def eval_(
 
     spec = None
     if judge is not None:
-        text = Path(judge).read_text() if Path(judge).is_file() else judge
+        text = _file_or_text(judge, "--judge")
         try:
             spec = yaml.safe_load(text)
         except yaml.YAMLError as exc:

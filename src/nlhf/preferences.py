@@ -61,3 +61,14 @@ def read_game_file(path: Path) -> dict[str, Any]:
             raise
         raise NLHFInputError(f"{path}: cannot read game file ({exc})") from None
     return fields
+
+
+def read_number(value: Any, where: str) -> float:
+    """A finite number from a game file field (JSON number or 0-d array), else one line."""
+    arr = np.asarray(value) if not isinstance(value, (str, bytes)) else None
+    if (arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf"
+            or isinstance(value, bool) or not np.isfinite(arr)):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise NLHFInputError(f"{where} must be a finite number, got {shown}")
+    return float(arr)
+

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nlhf.atomic import write_text_atomic
 from nlhf.errors import NLHFInputError
@@ -33,14 +41,33 @@ class ConfigFieldError(ValueError):
         self.field = field
 
 
+#: Whole numbers only: YAML ``true`` or ``2.5`` is a typo, not 1 or 2.
+Int = Annotated[int, Strict()]
+#: A number (ints accepted), never a bool; with ``allow_inf_nan=False`` below, finite.
+Float = Annotated[float, Strict()]
+#: Fields a config file must set: an empty file is more likely a mistake than a wish for
+#: the defaults, and these two decide where the run goes and what it trains.
+REQUIRED_FIELDS = ("run_dir", "algorithm")
+
+# Sanity bounds: far beyond any real run, well below what would overflow or never end.
+MAX_ITERATIONS = 10_000
+MAX_NEW_TOKENS = 32_768
+MAX_LORA_RANK = 1024
+MAX_COUNT = 4096  # comparators, candidates, pairs per prompt, epochs
+MAX_BATCH = 65_536
+MAX_LEARNING_RATE = 1.0
+MIN_TEMPERATURE = 1e-2
+MAX_TEMPERATURE = 100.0
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    r: Int = Field(16, gt=0, le=MAX_LORA_RANK)
+    alpha: Int = Field(32, gt=0)
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
     )
@@ -57,14 +84,15 @@ class ModelConfig(_Strict):
 class HParams(_Strict):
     """Game and algorithm hyperparameters (SPEC §2 names); defaults are the paper's."""
 
-    eta: float = Field(7.5e-3, gt=0, description="inverse step size")
-    tau: float = Field(2.5e-3, gt=0, description="KL parameter")
-    alpha: float = Field(1e-3, ge=0, description="proximal (ENPO) / exploration (XPO) weight")
-    beta: float = Field(0.05, gt=0, description="DENPO Step B DPO temperature")
-    s: float = Field(1.0, description="DENPO Step B exploration sign/scale, non-zero")
-    n_comparators: int = Field(4, gt=0)
-    step_b_candidates: int = Field(2, ge=2, description="DENPO Step B ranks pairs of these")
-    pairs_per_prompt: int = Field(1, gt=0)
+    eta: Float = Field(7.5e-3, gt=0, description="inverse step size")
+    tau: Float = Field(2.5e-3, gt=0, description="KL parameter")
+    alpha: Float = Field(1e-3, ge=0, description="proximal (ENPO) / exploration (XPO) weight")
+    beta: Float = Field(0.05, gt=0, description="DENPO Step B DPO temperature")
+    s: Float = Field(1.0, description="DENPO Step B exploration sign/scale, non-zero")
+    n_comparators: Int = Field(4, gt=0, le=MAX_COUNT)
+    step_b_candidates: Int = Field(2, ge=2, le=MAX_COUNT,
+                                   description="DENPO Step B ranks pairs of these")
+    pairs_per_prompt: Int = Field(1, gt=0, le=MAX_COUNT)
     step_b_labels: Literal["hard", "soft"] = Field(
         "hard",
         description="DENPO Step B labels: 'hard' (the paper's winner/loser pairs) or 'soft' "
@@ -82,9 +110,9 @@ class HParams(_Strict):
 class DataConfig(_Strict):
     prompts: str = "builtin"
     field: str = "prompt"
-    prompts_per_iteration: int = Field(64, gt=0)
-    heldout: int = Field(64, gt=0)
-    max_prompt_chars: int = Field(2000, gt=0)
+    prompts_per_iteration: Int = Field(64, gt=0, le=10**7)
+    heldout: Int = Field(64, gt=0, le=10**7)
+    max_prompt_chars: Int = Field(2000, gt=0, le=10**7)
 
 
 class ServerConfig(_Strict):
@@ -93,9 +121,9 @@ class ServerConfig(_Strict):
     base_url: str | None = Field(None, description="the API root, e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(None, description="the base model's name on the server (= pi_ref)")
     api_key_env: str = Field("VLLM_API_KEY", description="env var holding the key, if any")
-    timeout: float = Field(300.0, gt=0)
-    max_retries: int = Field(5, ge=0)
-    concurrency: int = Field(8, gt=0, description="requests (one per prompt) in flight")
+    timeout: Float = Field(300.0, gt=0)
+    max_retries: Int = Field(5, ge=0)
+    concurrency: Int = Field(8, gt=0, description="requests (one per prompt) in flight")
     prompt_format: Literal["tokens", "text"] = "tokens"
     token_ids: bool = Field(True, description="send vLLM/SGLang extensions: ids back, exact "
                                               "sampler, HF's EOS set; false: plain OpenAI")
@@ -115,18 +143,18 @@ class VLLMEngineConfig(_Strict):
 
     model: str | None = Field(None, description="folder or Hub id; default: the base model's")
     dtype: str = "auto"
-    gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
-    max_model_len: int | None = Field(None, gt=0)
+    gpu_memory_utilization: Float = Field(0.4, gt=0, le=1)
+    max_model_len: Int | None = Field(None, gt=0)
 
 
 class RolloutConfig(_Strict):
     backend: Literal["hf", "vllm", "openai"] = "hf"
-    max_new_tokens: int = Field(48, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: Int = Field(48, gt=0, le=MAX_NEW_TOKENS)
+    temperature: Float = Field(1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)
+    top_p: Float = Field(1.0, gt=0, le=1)
     #: Sequences per generate call (hf backend): decoding a small model re-reads every
     #: weight per step, so bigger batches are much faster (docs/performance.md).
-    batch_size: int = Field(32, gt=0)
+    batch_size: Int = Field(32, gt=0, le=MAX_BATCH)
     server: ServerConfig = Field(default_factory=ServerConfig)
     vllm: VLLMEngineConfig = Field(default_factory=VLLMEngineConfig)
 
@@ -144,20 +172,20 @@ class RolloutConfig(_Strict):
 
 
 class TrainOptConfig(_Strict):
-    learning_rate: float = Field(5e-5, gt=0)
-    epochs: int = Field(1, gt=0)
-    batch_size: int = Field(8, gt=0)
+    learning_rate: Float = Field(5e-5, gt=0, le=MAX_LEARNING_RATE)
+    epochs: Int = Field(1, gt=0, le=MAX_COUNT)
+    batch_size: Int = Field(8, gt=0, le=MAX_BATCH)
     #: Items (pairs) per forward/backward inside a step; gradients accumulate, so the step
     #: is the same, with a micro-batch's activation memory. 0: the whole minibatch at once.
-    micro_batch_size: int = Field(2, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    micro_batch_size: Int = Field(2, ge=0, le=MAX_BATCH)
+    max_grad_norm: Float = Field(1.0, gt=0)
+    weight_decay: Float = Field(0.0, ge=0)
 
 
 class EvalConfig(_Strict):
-    n_samples_per_prompt: int = Field(1, gt=0)
-    max_new_tokens: int = Field(48, gt=0)
-    temperature: float = Field(0.7, gt=0)
+    n_samples_per_prompt: Int = Field(1, gt=0, le=MAX_COUNT)
+    max_new_tokens: Int = Field(48, gt=0, le=MAX_NEW_TOKENS)
+    temperature: Float = Field(0.7, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE)
 
 
 def _tau_eta_message(tau: float, eta: float) -> str:
@@ -166,8 +194,8 @@ def _tau_eta_message(tau: float, eta: float) -> str:
 
 class TrainConfig(_Strict):
     run_dir: str = "runs/demo"
-    seed: int = Field(0, ge=0)
-    iterations: int = Field(3, gt=0)
+    seed: Int = Field(0, ge=0, lt=2**32, description="numpy seeds are 32-bit")
+    iterations: Int = Field(3, gt=0, le=MAX_ITERATIONS)
     algorithm: Algorithm = "denpo"
     model: ModelConfig = Field(default_factory=ModelConfig)
     hparams: HParams = Field(default_factory=HParams)
@@ -339,7 +367,8 @@ def _deep_copy(obj: Any) -> Any:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config, apply dotted ``overrides``, validate; missing keys take defaults."""
+    """Read a YAML config, apply dotted ``overrides``, validate; missing keys take defaults,
+    except :data:`REQUIRED_FIELDS`."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -364,6 +393,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         )
     overrides = overrides or {}
     raw = apply_overrides(raw, overrides)
+    missing = [name for name in REQUIRED_FIELDS if raw.get(name) is None]
+    if missing:
+        raise NLHFInputError(
+            f"{p}: missing required field{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)}; every config sets them, e.g. "
+            "run_dir: runs/my-run and algorithm: enpo (see configs/demo.yaml)"
+        )
     return validate_config(raw, str(p), frozenset(overrides))
 
 

@@ -28,7 +28,8 @@ from scipy.special import logsumexp
 from nlhf.atomic import write_json_atomic
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig, load_config
-from nlhf.llm.rundir import policy_iterates, sample_average_iterate
+from nlhf.llm.resume import check_readable
+from nlhf.llm.rundir import RunDir, policy_iterates, sample_average_iterate
 from nlhf.stats import mean_interval, wilson_interval
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def open_run(run_dir: str | Path, what: str = "run", *, need_adapters: bool = Tr
             f"{what}: {path} has no config.yaml; pass a run directory written by `nlhf train`"
         )
     cfg = load_config(path / "config.yaml")
+    check_readable(RunDir(path), cfg.model.finetune)  # corrupt or NaN files: one line
     saved = _saved_iterations(path)
     if not saved and need_adapters:
         raise NLHFInputError(

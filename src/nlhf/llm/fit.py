@@ -28,6 +28,7 @@ import torch
 from nlhf.llm.batching import even_batches
 from nlhf.llm.distributed import SINGLE, Dist
 from nlhf.llm.policy.loading import set_seed
+from nlhf.llm.resume import require_finite_step, require_finite_weights
 from nlhf.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def fit(
                     loss += float(share.detach())
                 loss = dist.sum_gradients(params, loss)
                 norm = torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
+                require_finite_step(loss, float(norm), desc, len(losses) + 1)
                 optimizer.step()
                 losses.append(loss)
                 norms.append(float(norm))
@@ -144,6 +146,7 @@ def fit(
                 if on_step is not None:
                     on_step(len(losses))
     optimizer.zero_grad(set_to_none=True)
+    require_finite_weights(params, desc)
     if not losses:
         return {"loss": float("nan"), "steps": 0}
     return {

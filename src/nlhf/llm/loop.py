@@ -31,16 +31,18 @@ import numpy as np
 
 from nlhf.errors import NLHFInputError
 from nlhf.llm.algorithms import Algorithm, Round, make_algorithm
-from nlhf.llm.config import TrainConfig, dump_config, load_config
+from nlhf.llm.config import TrainConfig, dump_config
 from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
 from nlhf.llm.judges.diagnostics import noise_warning
 from nlhf.llm.preflight import Checked, preflight
 from nlhf.llm.prompts import load_prompts, split_prompts
+from nlhf.llm.resume import record_creation, verify_resume
 from nlhf.llm.rundir import (
     RunDir,
     policy_iterates,
     read_state,
     remove_partial_writes,
+    require_writable,
     run_lock,
     sample_average_iterate,
     write_metrics,
@@ -69,7 +71,7 @@ def _checkpoint(key: str) -> None:
 def _prepare(cfg: TrainConfig, resume: bool, judge: Judge | None = None
              ) -> tuple[TrainConfig, RunDir, Checked | None]:
     """Check the run dir; a new run passes :func:`preflight` and then writes its config
-    first, a resumed one reads it back."""
+    first, a resumed one passes :func:`verify_resume` (nlhf.llm.resume)."""
     run = RunDir(Path(cfg.run_dir))
     if resume:
         if not run.config.is_file():
@@ -77,20 +79,16 @@ def _prepare(cfg: TrainConfig, resume: bool, judge: Judge | None = None
                 f"run_dir: {run.root} has no config.yaml, so there is no run to resume; "
                 "start it without --resume"
             )
-        stored = load_config(run.config).model_copy(update={"run_dir": str(run.root)})
-        given, kept = cfg.model_dump(), stored.model_dump()
-        changed = sorted(k for k in given if k != "run_dir" and given[k] != kept[k])
-        if changed:
-            log.warning("resume: using %s; ignoring changed sections: %s", run.config,
-                        ", ".join(changed))
-        return stored, run, None
+        return verify_resume(run, cfg), run, None  # config, store, state, adapters agree
     if run.root.exists() and (not run.root.is_dir() or any(run.root.iterdir())):
         raise NLHFInputError(
             f"run_dir: {run.root} already exists; pass --resume to continue it or choose "
             "another run_dir"
         )
+    require_writable(run.root)
     checked = preflight(cfg, judge)  # bad input fails here, before the run's first file
     dump_config(cfg, run.config)
+    record_creation(run, cfg)
     return cfg, run, checked
 
 
@@ -131,6 +129,11 @@ def _restore(policy: LMPolicy, run: RunDir, iteration: int) -> None:
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
+    """Undefined metrics (e.g. a phase with no step) are left out, loudly: a non-finite
+    loss or gradient already stopped training (:func:`nlhf.llm.resume.require_finite_step`)."""
+    dropped = sorted(k for k, v in values.items() if not np.isfinite(v))
+    if dropped:
+        log.warning("metrics left out as non-finite: %s", ", ".join(dropped))
     return {k: float(v) for k, v in values.items() if np.isfinite(v)}
 
 
@@ -169,6 +172,25 @@ def _finish_round(ctx: Round, metrics: dict[str, float]) -> dict[str, float]:
     store.mark_done(ctx.key("saved"))
     ctx.checkpoint(ctx.key("saved"))
     return {name: value for i, name, value in rows if i == t}
+
+
+def _banner(cfg: TrainConfig, run: RunDir, n_train: int) -> str:
+    """The start-up line: what the whole run costs (nlhf.llm.plan), so an absurd but legal
+    size is visible before the work, not after."""
+    from nlhf.llm.plan import make_plan
+
+    plan = make_plan(cfg, n_train)
+    mem = plan["memory"]
+    if mem.get("params") == "unknown":
+        saved = "unknown size"
+    else:
+        each = (mem["adapter_bytes"] if cfg.model.finetune == "lora" else
+                mem["weights_bytes"] * (2 if cfg.algorithm == "enpo" else 1))
+        saved = f"{each / 2**20:,.1f} MiB/round, {each * plan['rounds'] / 2**20:,.1f} MiB in all"
+    return (f"nlhf train {run.root}: {cfg.algorithm}, {plan['rounds']} rounds x "
+            f"{plan['prompts_per_round']} prompts; ~{plan['generations']['total']:,} generations "
+            f"(<= {plan['tokens']['generated_total_max']:,} new tokens), "
+            f"~{plan['judge']['calls_total']:,} judge calls; saved weights {saved}")
 
 
 def _summary(t: int, total: int, m: dict[str, float]) -> str:
@@ -210,6 +232,8 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
     progress = progress and dist.is_main
     try:
         train_prompts = dist.on_main(lambda: _ensure_prompts(cfg, own, checked))
+        if dist.is_main:
+            print(_banner(cfg, run, len(train_prompts)), flush=True)
         done = dist.on_main(lambda: int(read_state(run.root).get("last_completed_iteration", 0)))
         if done >= cfg.iterations:
             return

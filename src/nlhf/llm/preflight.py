@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig
 from nlhf.llm.judges import Judge, make_judge
-from nlhf.llm.policy.loading import DEFAULT_MODEL, TINY_MODEL, local_model_path
+from nlhf.llm.policy.loading import (
+    DEFAULT_MODEL,
+    TINY_MODEL,
+    local_model_path,
+    render_prompt,
+    tokenizer_and_context,
+)
 from nlhf.llm.prompts import load_prompts, split_prompts
 from nlhf.llm.tracking import check_report_to
 
@@ -58,6 +64,29 @@ def check_model_paths(cfg: TrainConfig) -> None:
         local_model_path(value, f"judge.{field}")
 
 
+def check_context(cfg: TrainConfig, prompts: list[str]) -> None:
+    """Every prompt plus the longest generation fits the model's context (tokenizer and
+    config.json only; skipped for a Hub id, whose files are not fetched before the run)."""
+    found = tokenizer_and_context(cfg.model.name, cfg.model.trust_remote_code)
+    if found is None:
+        return
+    tokenizer, context = found
+    field, new = max((("rollout.max_new_tokens", cfg.rollout.max_new_tokens),
+                      ("eval.max_new_tokens", cfg.eval.max_new_tokens)), key=lambda f: f[1])
+    if new >= context:
+        raise NLHFInputError(f"{field} ({new}) leaves no room for a prompt in the "
+                             f"{context}-token context of {cfg.model.name}; lower it")
+    for text in prompts:
+        n = len(render_prompt(tokenizer, text))
+        if n + new > context:
+            shown = " ".join(text.split())[:40]
+            raise NLHFInputError(
+                f"data.prompts: the prompt {shown!r}... of {cfg.data.prompts} is {n} tokens, "
+                f"which with {field} ({new}) exceeds the {context}-token context of "
+                f"{cfg.model.name}; shorten it (data.max_prompt_chars) or lower {field}"
+            )
+
+
 def preflight(cfg: TrainConfig, judge: Judge | None = None) -> Checked:
     """Validate a new run's inputs without loading the model; raises NLHFInputError.
     ``judge``: one built in Python (``nlhf.train(..., judge=...)``) instead of cfg.judge's."""
@@ -66,4 +95,5 @@ def preflight(cfg: TrainConfig, judge: Judge | None = None) -> Checked:
     judge.preflight_check()
     check_model_paths(cfg)
     check_report_to(cfg.report_to)
+    check_context(cfg, train + heldout)
     return Checked(train, heldout, judge)

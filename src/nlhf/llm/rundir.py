@@ -6,6 +6,8 @@ Layout (other tools read it, keep it stable)::
     <run_dir>/store.sqlite                   prompts, generations, judge calls, steps, metrics
     <run_dir>/metrics.jsonl                  one {"iteration": t, ...} object per finished t
     <run_dir>/state.json                     last completed iteration + saved policy iterates
+    <run_dir>/fingerprint.json               sha256 of the fields a resume may not change
+    <run_dir>/history.jsonl                  creation and each resume, with changed fields
     <run_dir>/adapters/iter_{t}/policy/      pi_{t+1}, the policy after round t (t = 1..T)
     <run_dir>/adapters/iter_{t}/adversary/   pihat_{t+1} (ENPO only: baselines train no adversary)
 
@@ -32,6 +34,7 @@ iterates. :func:`policy_iterates` lists them (from ``state.json``: completed rou
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -74,6 +77,19 @@ class RunDir:
     def adapter(self, iteration: int, name: str) -> Path:
         """Folder of one saved adapter ("policy" or "adversary") after round ``iteration``."""
         return self.root / "adapters" / f"iter_{iteration}" / name
+
+
+def require_writable(root: Path, field: str = "run_dir") -> None:
+    """``root`` can be created and written: its nearest existing ancestor is a writable
+    folder. Checked before a new run writes anything, so the failure is one line."""
+    root = Path(root).absolute()
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir():
+        raise NLHFInputError(f"{field}: {existing} is a file, not a folder, so {root} cannot "
+                             f"be created there; choose another {field}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NLHFInputError(f"{field}: no permission to write in {existing}; choose another "
+                             f"{field} or fix the folder's permissions")
 
 
 @contextmanager

@@ -11,9 +11,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
+
+from nlhf.errors import NLHFInputError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -55,8 +57,14 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 """
 
+_TABLES = ("prompts", "generations", "judge_calls", "steps", "metrics")
 # SQLite's default limit on bound parameters is 999 in old builds: stay well under it.
 _CHUNK = 500
+
+
+def _unusable(path: Path, exc: Exception) -> str:
+    return (f"{path}: not a usable run store ({' '.join(str(exc).split())}); a garbled store "
+            "or -wal file cannot be repaired: start a new run_dir")
 
 
 class RunStore:
@@ -65,15 +73,38 @@ class RunStore:
     def __init__(self, path: str | Path, timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we open every transaction ourselves (see _tx), explicitly.
-        self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        with self._tx() as cur:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    cur.execute(statement)
+        try:
+            # isolation_level=None: we open every transaction ourselves (see _tx), explicitly.
+            self._conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            with self._tx() as cur:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+        except sqlite3.DatabaseError as exc:  # garbled file or WAL, unwritable folder
+            raise NLHFInputError(_unusable(self.path, exc)) from None
+
+    @classmethod
+    def open_existing(cls, path: str | Path, timeout: float = 30.0) -> RunStore:
+        """Open a store a run already wrote, refusing one that is empty, garbled, fails
+        SQLite's integrity check or lacks a table (never silently re-created)."""
+        path = Path(path)
+        if path.stat().st_size == 0:
+            raise NLHFInputError(f"{path}: the run store is empty (0 bytes), so its prompts, "
+                                 "samples and judge answers are lost; start a new run_dir")
+        try:
+            with closing(sqlite3.connect(str(path), timeout=timeout)) as conn:
+                tables = {r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                ok = conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        except sqlite3.DatabaseError as exc:
+            raise NLHFInputError(_unusable(path, exc)) from None
+        if not ok or not tables >= set(_TABLES):
+            raise NLHFInputError(f"{path}: the run store fails SQLite's integrity check or "
+                                 "lacks its tables; start a new run_dir")
+        return cls(path, timeout)
 
     # -- plumbing -------------------------------------------------------------------------
 

