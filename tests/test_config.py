@@ -22,7 +22,7 @@ def _cfg(tmp_path: Path, data: object) -> Path:
     """A config file; a dict gets the required fields unless it sets them."""
     path = tmp_path / "c.yaml"
     if isinstance(data, dict):
-        data = {"run_dir": "runs/demo", "algorithm": "enpo", **data}
+        data = {"run_dir": "runs/demo", "algorithm": "denpo", **data}
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
     return path
 
