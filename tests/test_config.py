@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "llama3-8b-enpo.yaml"
 
 
-REQUIRED = "run_dir: runs/demo\nalgorithm: enpo\n"
+REQUIRED = "run_dir: runs/demo\nalgorithm: denpo\n"
 
 
 def _cfg(tmp_path: Path, data: object) -> Path:
