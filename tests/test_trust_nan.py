@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-import nlhf.llm.algorithms.denpo as denpo
+import nlhf.llm.algorithms.round as round_services
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainOptConfig
 from nlhf.llm.fit import fit
@@ -39,7 +39,7 @@ def test_fit_stops_before_a_step_on_a_nan_loss(make_policy: Any) -> None:
 def test_nan_in_round_two_keeps_round_one_resumable(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_config(tmp_path, "denpo", iterations=2)
-    real_fit, calls = denpo.fit, {"n": 0}
+    real_fit, calls = round_services.fit, {"n": 0}
 
     def fit_nan_in_round_two(policy: Any, adapter: str, n: int, loss_fn: Any, *a: Any,
                              **k: Any) -> Any:
@@ -48,7 +48,7 @@ def test_nan_in_round_two_keeps_round_one_resumable(tmp_path: Path,
             return real_fit(policy, adapter, n, lambda m: loss_fn(m) * float("nan"), *a, **k)
         return real_fit(policy, adapter, n, loss_fn, *a, **k)
 
-    monkeypatch.setattr(denpo, "fit", fit_nan_in_round_two)
+    monkeypatch.setattr(round_services, "fit", fit_nan_in_round_two)
     with pytest.raises(NLHFInputError, match="non-finite loss"):
         train(cfg, progress=False)
     run = RunDir(cfg.run_dir)
@@ -58,7 +58,7 @@ def test_nan_in_round_two_keeps_round_one_resumable(tmp_path: Path,
     assert check_run_files(run) == 1  # files agree and every saved adapter is finite
     assert len(run.metrics.read_text().splitlines()) == 1
 
-    monkeypatch.setattr(denpo, "fit", real_fit)
+    monkeypatch.setattr(round_services, "fit", real_fit)
     train(cfg, resume=True, progress=False)
     assert json.loads(run.state.read_text())["last_completed_iteration"] == 2
     rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
