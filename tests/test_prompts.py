@@ -184,3 +184,16 @@ def test_split_is_deterministic_and_disjoint() -> None:
 def test_split_rejects_heldout_too_large() -> None:
     with pytest.raises(NLHFInputError, match=r"data\.heldout"):
         split_prompts(["a", "b", "a"], heldout=2, seed=0)
+
+
+def test_heldout_split_is_the_same_at_every_run_seed() -> None:
+    """Seeds of one recipe are compared on one held-out set: the split has its own seed."""
+    from nlhf.llm.config import TrainConfig
+    from nlhf.llm.preflight import check_prompts
+
+    base = {"run_dir": "unused", "algorithm": "denpo",
+            "data": {"prompts": "builtin", "heldout": 16, "prompts_per_iteration": 8}}
+    held = [check_prompts(TrainConfig.model_validate({**base, "seed": s}))[1] for s in (0, 1, 2)]
+    assert held[0] == held[1] == held[2] and len(held[0]) == 16
+    other = TrainConfig.model_validate({**base, "data": {**base["data"], "split_seed": 5}})
+    assert check_prompts(other)[1] != held[0]

@@ -112,6 +112,10 @@ class DataConfig(_Strict):
     field: str = "prompt"
     prompts_per_iteration: Int = Field(64, gt=0, le=10**7)
     heldout: Int = Field(64, gt=0, le=10**7)
+    split_seed: Int = Field(
+        0, ge=0, le=2**63 - 1,
+        description="seeds the train/held-out split; apart from `seed` so that every seed of a "
+        "recipe is evaluated on the same held-out prompts")
     max_prompt_chars: Int = Field(2000, gt=0, le=10**7)
 
 

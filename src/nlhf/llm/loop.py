@@ -101,7 +101,7 @@ def _ensure_prompts(cfg: TrainConfig, store: RunStore,
         else:
             d = cfg.data
             train, heldout = split_prompts(
-                load_prompts(d.prompts, d.field, d.max_prompt_chars), d.heldout, cfg.seed)
+                load_prompts(d.prompts, d.field, d.max_prompt_chars), d.heldout, d.split_seed)
         store.add_prompts([("train", p) for p in train] + [("heldout", p) for p in heldout])
     return store.prompts("train")
 

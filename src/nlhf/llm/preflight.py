@@ -44,7 +44,7 @@ def check_prompts(cfg: TrainConfig) -> tuple[list[str], list[str]]:
     """Load and split the prompts; the held-out and per-round counts must fit the set."""
     d = cfg.data
     train, heldout = split_prompts(load_prompts(d.prompts, d.field, d.max_prompt_chars),
-                                   d.heldout, cfg.seed)
+                                   d.heldout, d.split_seed)
     if d.prompts_per_iteration > len(train):
         raise NLHFInputError(
             f"data.prompts_per_iteration ({d.prompts_per_iteration}) is more than the "
