@@ -38,6 +38,10 @@ def _error(path: Path, overrides: dict | None = None) -> str:
 def test_empty_file_names_the_required_fields(tmp_path: Path) -> None:
     msg = _error(_cfg(tmp_path, ""))
     assert "missing required fields 'run_dir', 'algorithm'" in msg
+    # The example it gives is itself a valid config (not a renamed algorithm).
+    example = msg.split("e.g. ")[1].split(" (see")[0]
+    fields = dict(part.split(": ") for part in example.split(" and "))
+    assert load_config(_cfg(tmp_path, "".join(f"{k}: {v}\n" for k, v in fields.items())))
     assert "'algorithm'" in _error(_cfg(tmp_path, "run_dir: runs/x\n"))
     # An override counts as setting the field.
     assert load_config(_cfg(tmp_path, "run_dir: runs/x\n"), {"algorithm": "xpo"}).algorithm == "xpo"

@@ -402,7 +402,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         raise NLHFInputError(
             f"{p}: missing required field{'s' if len(missing) > 1 else ''} "
             f"{', '.join(repr(m) for m in missing)}; every config sets them, e.g. "
-            "run_dir: runs/my-run and algorithm: enpo (see configs/demo.yaml)"
+            "run_dir: runs/my-run and algorithm: denpo (see configs/demo.yaml)"
         )
     return validate_config(raw, str(p), frozenset(overrides))
 
