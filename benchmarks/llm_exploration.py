@@ -35,7 +35,7 @@ from nlhf.llm.judges.oracles import DETECTORS
 from nlhf.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
-BEHAVIOUR = "exclamation"
+BEHAVIOUR = "ends_question"
 SAMPLE_SEED = 20_261_203
 
 

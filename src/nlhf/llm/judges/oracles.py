@@ -8,7 +8,7 @@ iteration measures exploration.
 
 Use one as the judge (``judge: {type: python, function: ...}``)::
 
-    judge: {type: python, function: "nlhf.llm.judges.oracles:prefer_exclamation"}
+    judge: {type: python, function: "nlhf.llm.judges.oracles:prefer_ends_question"}
 
 Each detector is a pure ``str -> bool`` on the response text; :data:`DETECTORS` holds the
 candidates whose reference rates benchmarks/llm_behaviour_rate.py measures.
@@ -36,6 +36,8 @@ def ends_with_exclamation(text: str) -> bool:
 
 
 def ends_with_question(text: str) -> bool:
+    """The response's last visible character is a question mark (the experiment's needle:
+    SmolLM2-135M-Instruct does it in 2.25% of answers on the short-answer prompts)."""
     return text.rstrip().endswith("?")
 
 
@@ -119,6 +121,7 @@ def needle_preference(detector: Callable[[str], bool], a: Sequence[str], b: Sequ
     return out
 
 
-def prefer_exclamation(prompts: list[str], a: list[str], b: list[str]) -> list[float]:
-    """The needle of docs/llm_exploration.md: wants a response with an exclamation mark."""
-    return needle_preference(shows_exclamation, a, b)
+def prefer_ends_question(prompts: list[str], a: list[str], b: list[str]) -> list[float]:
+    """The needle of docs/llm_exploration.md: wants a response that ends with a question
+    mark (a follow-up question), indifferent otherwise."""
+    return needle_preference(ends_with_question, a, b)
