@@ -37,21 +37,30 @@ from nlhf.stats import wilson_interval
 ROOT = Path(__file__).resolve().parents[1]
 BEHAVIOUR = "ends_question"
 SAMPLE_SEED = 20_261_203
+#: Same generation budget per prompt (4): DENPO samples y, two comparators and y'; a pairwise
+#: method samples p pairs (y, y'), so it takes p = 2 (see configs/explore-smollm2.yaml).
+BUDGET_SETS = {"inpo": ["hparams.pairs_per_prompt=2"], "online-dpo": ["hparams.pairs_per_prompt=2"],
+               "xpo": ["hparams.pairs_per_prompt=2"], "online-ipo": ["hparams.pairs_per_prompt=2"],
+               "nash-md": ["hparams.pairs_per_prompt=2"]}
+
+
+def _flags(sets: Sequence[str]) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
 
 
 def train_all(config: str, algorithms: Sequence[str], seeds: Sequence[int], root: Path,
               extra: Sequence[str]) -> list[Path]:
-    """Train (or resume) ``root/<algo>-s<seed>`` for every pair, one after another."""
-    runs = []
+    """Train (or resume) ``root/<algo>-s<seed>`` for every pair, one after another, each
+    with its :data:`BUDGET_SETS` overrides."""
+    runs, root, config = [], root.resolve(), str(Path(config).resolve())
     for algo in algorithms:
         for seed in seeds:
             run = root / f"{algo}-s{seed}"
-            sets = [f"algorithm={algo}", f"seed={seed}", *extra]
-            if (run / "config.yaml").is_file():
-                cmd = ["train", "--resume", str(run), "--set", *extra] if extra else \
-                      ["train", "--resume", str(run)]
+            sets = [f"algorithm={algo}", f"seed={seed}", *BUDGET_SETS.get(algo, []), *extra]
+            if (run / "config.yaml").is_file():  # resume (a no-op when finished)
+                cmd = ["train", "--resume", str(run), *_flags(extra)]
             else:
-                cmd = ["train", "--config", config, "--set", *sets, f"run_dir={run}"]
+                cmd = ["train", "--config", config, *_flags([*sets, f"run_dir={run}"])]
             print("nlhf", " ".join(cmd), flush=True)
             subprocess.run([sys.executable, "-m", "nlhf.cli", *cmd], check=True, cwd=ROOT)
             runs.append(run)
