@@ -180,3 +180,22 @@ def denpo_step_b_loss(pairs: Pairs, *, beta: float, label: Tensor | float = 1.0)
 def step_b_soft_label(score_w: Tensor, score_l: Tensor, *, s: float) -> Tensor:
     """σ(s·(r(y_w) − r(y_l))): the Bradley–Terry label whose DPO fit is the tilted adversary."""
     return torch.sigmoid(s * (score_w - score_l))
+
+
+def denpo_explore_step_b_loss(pairs: Pairs, *, beta: float, temperature: float,
+                              label: Tensor | float = 1.0) -> Tensor:
+    """DENPO-explore Step B: DPO against pi_t^{1/T_e} instead of pi_t (T_e = ``temperature``).
+
+    The margin is β·(Δ_pihat − Δ_{pi_t}) + κ·Δ_{pi_t} with κ = β·(1 − 1/T_e). With soft labels
+    σ(s·(r(a) − r(b))), r = log(pi_{t+1}/pi_t), on pairs that connect the responses, the
+    minimiser is pihat ∝ pi_t^{1/T_e}·(pi_{t+1}/pi_t)^{s/beta}: DENPO's tilt applied to the
+    tempered pi_t, which lifts the responses pi_t barely samples. T_e = 1 is DENPO's Step B.
+    """
+    if temperature < 1.0:
+        raise ValueError(f"need temperature >= 1, got {temperature}")
+    if beta <= 0:
+        raise ValueError(f"need beta > 0, got {beta}")
+    kappa = beta * (1.0 - 1.0 / temperature)
+    old = pairs.delta("old")
+    margin = beta * (pairs.delta("policy") - old) + kappa * old
+    return pairs.mean(label * F.softplus(-margin) + (1.0 - label) * F.softplus(margin))
