@@ -24,7 +24,7 @@ def _fit(objective, start, *data):
 
 @pytest.mark.parametrize(("s", "temperature"), [(1.0, 2.0), (1.0, 4.0), (-1.0, 1.5), (0.5, 1.0)])
 def test_minimiser_is_the_tilted_tempered_adversary(s, temperature):
-    """On every pair, weighted by the tempered pi_t, the fit is pi_t^{1/T_e}·(pi_{t+1}/pi_t)^{s/β}."""
+    """All pairs, weighted by the tempered pi_t: the fit is pi_t^{1/T_e}·(pi_{t+1}/pi_t)^{s/β}."""
     beta, K = 0.05, 6
     rng = np.random.default_rng(4)
     old = log_softmax(rng.normal(size=K))
@@ -71,3 +71,30 @@ def test_denpo_explore_regret_is_below_inpos_on_a_needle():
             algo.run_round()
         regret[name] = total
     assert regret["denpo-explore"] < 0.8 * regret["inpo"], regret
+
+
+def test_llm_denpo_explore_runs_one_iteration(tmp_path):
+    import json
+
+    from test_train import lora_b_norm, tiny_config
+
+    from nlhf.llm.loop import train
+
+    cfg = tiny_config(tmp_path, "denpo-explore", iterations=1,
+                      hparams={"explore_temperature": 2.0, "pairs_per_prompt": 2})
+    run = train(cfg, progress=False)
+    assert lora_b_norm(run / "adapters/iter_1/policy") > 0
+    assert lora_b_norm(run / "adapters/iter_1/adversary") > 0
+    m = json.loads((run / "metrics.jsonl").read_text())
+    assert m["step_b_pairs"] == 16  # 4 prompts x 2 pairs x (y', u), (u, u')
+    assert np.isfinite(m["step_b_loss"]) and np.isfinite(m["step_a_loss"])
+
+
+def test_plan_counts_the_tempered_candidates(tmp_path):
+    from test_train import tiny_config
+
+    from nlhf.llm.plan import per_prompt_counts
+
+    counts = per_prompt_counts(tiny_config(tmp_path, "denpo-explore"))
+    assert counts["generations"]["explore (~ pi_t)"] == 2  # u, u' per pair
+    assert counts["generations_total"] == 1 + 2 + 1 + 2  # y, z x 2, y', u x 2

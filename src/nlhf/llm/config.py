@@ -25,12 +25,13 @@ from pydantic import (
 from nlhf.atomic import write_text_atomic
 from nlhf.errors import NLHFInputError
 
-Algorithm = Literal["denpo", "inpo", "xpo", "sppo", "online-dpo", "online-ipo", "nash-md"]
+Algorithm = Literal["denpo", "denpo-explore", "inpo", "xpo", "sppo", "online-dpo", "online-ipo",
+                    "nash-md"]
 #: Algorithm names that changed, with the name to use now.
 RENAMED_ALGORITHMS = {"enpo": "denpo"}
 JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular", "python")
 # Algorithms whose update mixes pi_t and pi_ref with weight tau/eta: they need tau < eta.
-MIRROR_DESCENT_ALGOS = ("denpo", "inpo", "nash-md")
+MIRROR_DESCENT_ALGOS = ("denpo", "denpo-explore", "inpo", "nash-md")
 
 
 class ConfigFieldError(ValueError):
@@ -93,6 +94,9 @@ class HParams(_Strict):
     step_b_candidates: Int = Field(2, ge=2, le=MAX_COUNT,
                                    description="DENPO Step B ranks pairs of these")
     pairs_per_prompt: Int = Field(1, gt=0, le=MAX_COUNT)
+    explore_temperature: Float = Field(
+        2.0, ge=1, le=MAX_TEMPERATURE,
+        description="DENPO-explore: T_e of Step B's fresh candidates and its pi_t^{1/T_e} anchor")
     step_b_labels: Literal["hard", "soft"] = Field(
         "hard",
         description="DENPO Step B labels: 'hard' (the paper's winner/loser pairs) or 'soft' "

@@ -57,10 +57,15 @@ def round_prompts(train: Sequence[tuple[int, str]], n: int, seed: int, iteration
 
 @dataclass(frozen=True)
 class Source:
-    """One ``generate`` call: ``model`` samples all ``roles`` (name, count per prompt) at once."""
+    """One ``generate`` call: ``model`` samples all ``roles`` (name, count per prompt) at once.
+
+    ``temperature`` (default: the rollout's) samples at another temperature, e.g. DENPO-explore's
+    T_e; such samples' log-probs under ``model`` are recomputed, not taken from the sampler.
+    """
 
     model: str
     roles: tuple[tuple[str, int], ...]
+    temperature: float | None = None
 
 
 @dataclass
@@ -198,7 +203,8 @@ def run_generation(policy: LMPolicy, cfg: TrainConfig, iteration: int,
                     n_tokens += len(s.response_ids)
                     rows.append({"iteration": iteration, "role": role, "prompt_id": pid,
                                  "sample_index": j, "response": s.text,
-                                 "response_ids": s.response_ids, "logprob": s.logprob})
+                                 "response_ids": s.response_ids,
+                                 "logprob": s.logprob if src.temperature is None else None})
                 offset += k
     store.put_generations(rows)
     return {"samples": len(rows), "tokens": n_tokens}
@@ -213,8 +219,10 @@ def sample_source(gen: Generator, policy: LMPolicy, cfg: TrainConfig, iteration:
     r = cfg.rollout
     kwargs: dict[str, Any] = {
         "n_per_prompt": sum(k for _, k in src.roles), "max_new_tokens": r.max_new_tokens,
-        "temperature": r.temperature, "top_p": r.top_p, "progress": progress,
-        "seed": phase_seed(cfg.seed, iteration, f"generate/{src.model}"),
+        "temperature": r.temperature if src.temperature is None else src.temperature,
+        "top_p": r.top_p, "progress": progress,
+        "seed": phase_seed(cfg.seed, iteration, f"generate/{src.model}"
+                           + ("" if src.temperature is None else f"@{src.temperature}")),
     }
     adapter = ADAPTER_OF[src.model]
     if dist.world > 1 and r.backend == "hf":

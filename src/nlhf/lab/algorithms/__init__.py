@@ -11,19 +11,20 @@ from nlhf.lab.algorithms.omd import OMD, omd_step
 
 ALGORITHMS: dict[str, type[TabularAlgorithm]] = {
     cls.name: cls
-    for cls in (OMD, INPO, ENPO, DENPO, DENPOExplore, MinimaxOracle, XPO, SPPO, OnlineDPO, OnlineIPO, NashMD)
+    for cls in (OMD, INPO, ENPO, DENPO, DENPOExplore, MinimaxOracle, XPO, SPPO, OnlineDPO,
+                OnlineIPO, NashMD)
 }
 
 __all__ = [
     "ALGORITHMS",
     "DENPO",
-    "DENPOExplore",
     "ENPO",
     "INPO",
     "OMD",
     "SPPO",
     "XPO",
     "BanditOracle",
+    "DENPOExplore",
     "LabSettings",
     "MinimaxOracle",
     "NashMD",

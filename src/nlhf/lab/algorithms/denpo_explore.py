@@ -64,8 +64,6 @@ class DENPOExplore(DENPO):
         label = step_b_soft_label(
             torch.as_tensor(gain[seeds, cc, a]), torch.as_tensor(gain[seeds, cc, b]), s=st.s
         )
-        prior = hot  # unseen responses keep the tempered pi_t
-
         def objective(theta, ctx, a, b, label, old, prior):
             lp = torch.log_softmax(theta, -1)
             pairs = Pairs(lp[ctx, a], lp[ctx, b], old_a=old[ctx, a], old_b=old[ctx, b])
@@ -74,5 +72,6 @@ class DENPOExplore(DENPO):
             # outweighs it at beta = 0.05 and pins the adversary to its prior.
             return value + st.ridge * st.beta**2 * ((theta - prior) ** 2).sum()
 
+        # prior: responses no pair reaches keep the tempered pi_t
         data = (*self.tensors(cc, a, b), label, *self.tensors(self.logp, hot))
         self.adv_logp = newton_minimise(objective, hot, data)

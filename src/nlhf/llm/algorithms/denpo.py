@@ -23,7 +23,7 @@ import torch
 
 from nlhf.llm.algorithms.round import Algorithm, Round, Versus, phase_metrics
 from nlhf.llm.fit import Micro
-from nlhf.llm.samples import Source
+from nlhf.llm.samples import RoundData, Source
 from nlhf.losses import Pairs, Samples, denpo_step_b_loss, enpo_step_a_loss, step_b_soft_label
 
 
@@ -31,15 +31,23 @@ class DENPO(Algorithm):
     name = "denpo"
     adapters = ("policy", "adversary")
 
+    def sources(self) -> tuple[Source, ...]:
+        """Pairs (y ~ pi_t, y' ~ pihat_t) and comparators z ~ pi_t (also Step B's candidates)."""
+        h = self.h
+        return (Source("pi_t", (("policy", h.pairs_per_prompt),
+                                ("comparator", max(h.n_comparators, h.step_b_candidates)))),
+                Source("pihat_t", (("adversary", h.pairs_per_prompt),)))
+
+    def logprob_needs(self) -> list[tuple[str, str]]:
+        return [("policy", "ref"), ("adversary", "ref"), ("adversary", "pi_t"),
+                ("comparator", "pi_t")]
+
     def round(self, r: Round) -> dict[str, float]:
         h = self.h
-        nz, c = h.n_comparators, h.step_b_candidates
+        nz = h.n_comparators
         # 1. Sample pairs (y ~ pi_t, y' ~ pihat_t) and comparators z ~ pi_t.
-        data = r.sample(Source("pi_t", (("policy", h.pairs_per_prompt),
-                                        ("comparator", max(nz, c)))),
-                        Source("pihat_t", (("adversary", h.pairs_per_prompt),)))
-        r.logprobs(data, [("policy", "ref"), ("adversary", "ref"), ("adversary", "pi_t"),
-                          ("comparator", "pi_t")])
+        data = r.sample(*self.sources())
+        r.logprobs(data, self.logprob_needs())
         y, y2, comp = data.roles["policy"], data.roles["adversary"], data.roles["comparator"]
 
         # 2. Judge: I(y) = mean_z P(y ≻ z), for both sides of every pair.
@@ -67,7 +75,12 @@ class DENPO(Algorithm):
 
         a = r.fit("step_a", "policy", step_a_loss, n_items=len(y),
                   n_extra=len(fresh) if h.alpha > 0 else 0)
+        return {"score_policy": float(wins_y.mean()), "score_adversary": float(wins_y2.mean()),
+                **phase_metrics("step_a", a), **self.step_b(r, data)}
 
+    def step_b(self, r: Round, data: RoundData) -> dict[str, float]:
+        h = self.h
+        c, comp = h.step_b_candidates, data.roles["comparator"]
         # 4. Step B (explore): rank fresh candidates u ~ pi_t by s·log(pi_{t+1}/pi_t), pair
         #    best with worst, and fit pihat_{t+1} ∝ pi_t·(pi_{t+1}/pi_t)^{s/beta} by DPO against
         #    pi_t. No oracle calls.
@@ -91,11 +104,10 @@ class DENPO(Algorithm):
             return denpo_step_b_loss(pairs, beta=h.beta, label=label[i])
 
         b = r.fit("step_b", "adversary", step_b_loss, n_items=len(w))
-        return {"score_policy": float(wins_y.mean()), "score_adversary": float(wins_y2.mean()),
-                "step_b_pairs": float(len(w)), "step_b_policy_logratio": float(gain.mean()),
+        return {"step_b_pairs": float(len(w)), "step_b_policy_logratio": float(gain.mean()),
                 "step_b_score_gap": float(h.s * (gain[win] - gain[lose]).mean()) if w else 0.0,
                 "time_step_b_scoring": scoring,
-                **phase_metrics("step_a", a), **phase_metrics("step_b", b)}
+                **phase_metrics("step_b", b)}
 
 
 def rank_pairs(scores: np.ndarray, per_prompt: int, s: float) -> tuple[list[int], list[int]]:
