@@ -76,9 +76,8 @@ def test_denpo_explore_regret_is_below_inpos_on_a_needle():
 def test_llm_denpo_explore_runs_one_iteration(tmp_path):
     import json
 
-    from test_train import lora_b_norm, tiny_config
-
     from nlhf.llm.loop import train
+    from test_train import lora_b_norm, tiny_config
 
     cfg = tiny_config(tmp_path, "denpo-explore", iterations=1,
                       hparams={"explore_temperature": 2.0, "pairs_per_prompt": 2})
@@ -91,9 +90,8 @@ def test_llm_denpo_explore_runs_one_iteration(tmp_path):
 
 
 def test_plan_counts_the_tempered_candidates(tmp_path):
-    from test_train import tiny_config
-
     from nlhf.llm.plan import per_prompt_counts
+    from test_train import tiny_config
 
     counts = per_prompt_counts(tiny_config(tmp_path, "denpo-explore"))
     assert counts["generations"]["explore (~ pi_t)"] == 2  # u, u' per pair
