@@ -92,7 +92,8 @@ def save_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def load_iterate(run_dir: str, iterate: int | None) -> tuple[Any, str | None]:
     """(policy, adapter): the run's base model with iterate ``iterate``'s policy adapter."""
-    from nlhf.llm.evaluate import load_policy, open_run
+    from nlhf.llm.evaluate import open_run
+    from nlhf.llm.policy import load_policy
 
     run = open_run(run_dir)
     policy = load_policy(run.cfg)

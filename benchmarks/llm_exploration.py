@@ -84,7 +84,8 @@ def training_rates(run: Path, behaviour: str) -> dict[int, dict[str, Any]]:
 def heldout_rates(run: Path, behaviour: str, n: int, n_prompts: int | None,
                   max_new_tokens: int | None) -> dict[int, dict[str, Any]]:
     """{iterate k: rate} on the run's held-out prompts; samples cached under the run."""
-    from nlhf.llm.evaluate import load_policy, open_run
+    from nlhf.llm.evaluate import open_run
+    from nlhf.llm.policy import load_policy
     from nlhf.llm.store import RunStore
 
     info = open_run(run)

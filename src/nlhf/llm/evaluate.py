@@ -163,21 +163,6 @@ def _policy_key(cfg: TrainConfig) -> tuple[Any, ...]:
     return (_base_id(cfg), m.dtype, m.trust_remote_code, m.finetune, m.lora.model_dump_json())
 
 
-def load_policy(cfg: TrainConfig) -> LMPolicy:
-    """The run's base model with fresh adapters, built as the trainer builds it."""
-    from nlhf.llm.policy.lm import LMPolicy, LoraSettings
-
-    m = cfg.model
-    lora = LoraSettings(
-        r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
-        target_modules=tuple(m.lora.target_modules),
-    )
-    return LMPolicy.from_name(
-        m.name, finetune=m.finetune, lora=lora, dtype=m.dtype,
-        trust_remote_code=m.trust_remote_code, seed=cfg.seed,
-    )
-
-
 # --------------------------------------------------------------------------- sampling
 
 
@@ -348,6 +333,7 @@ def evaluate_iterates(
     names = names or [f"{label}_vs_{opp_label}{suffix}" for label, _ in chosen]
 
     from nlhf.llm.judges import CachedJudge, make_judge
+    from nlhf.llm.policy.lm import load_policy
     from nlhf.llm.store import RunStore
 
     inner_judge = make_judge(judge_spec)  # fails early, before any model is loaded

@@ -56,7 +56,7 @@ def export(
     check_out_dir(out)
     token = hub_token() if push_to_hub else None  # fail before the model loads
 
-    from nlhf.llm.evaluate import load_policy
+    from nlhf.llm.policy.lm import load_policy
 
     policy = load_policy(run.cfg)
     policy.load_adapter("policy", run.adapter_dir(t))
