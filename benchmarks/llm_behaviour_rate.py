@@ -99,7 +99,7 @@ def load_iterate(run_dir: str, iterate: int | None) -> tuple[Any, str | None]:
     policy = load_policy(run.cfg)
     if iterate is None:
         return policy, None
-    policy.load_adapter("policy", run.adapter_dir(iterate))
+    policy.load_adapter("policy", run.adapter(iterate))
     return policy, "policy"
 
 

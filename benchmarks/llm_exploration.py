@@ -101,7 +101,7 @@ def heldout_rates(run: Path, behaviour: str, n: int, n_prompts: int | None,
                 policy = load_policy(info.cfg)
             adapter = None
             if k:
-                policy.load_adapter("policy", info.adapter_dir(k))
+                policy.load_adapter("policy", info.adapter(k))
                 adapter = "policy"
             save_rows(cache, sample(policy, prompts, adapter, n=n, max_new_tokens=tokens,
                                     temperature=info.cfg.rollout.temperature, seed=SAMPLE_SEED))

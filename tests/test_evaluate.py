@@ -158,7 +158,7 @@ def test_average_iterate_samples_are_the_mixture(run_dir: Path) -> None:
     assert [s.prompt_index for s in side.samples] == [0, 0, 1, 1, 2, 2]
     per_t = []
     for t in (1, 2, 3):
-        policy.load_adapter("policy", run.adapter_dir(t))
+        policy.load_adapter("policy", run.adapter(t))
         per_t.append(policy.sequence_logprobs(
             [s.prompt_ids for s in side.samples], [s.response_ids for s in side.samples],
             "policy").double().numpy())

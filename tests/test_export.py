@@ -24,7 +24,7 @@ def _policy_logits(run_dir: Path, t: int, ids: torch.Tensor) -> torch.Tensor:
 
     run = open_run(run_dir)
     policy = load_policy(run.cfg)
-    policy.load_adapter("policy", run.adapter_dir(t))
+    policy.load_adapter("policy", run.adapter(t))
     with torch.no_grad(), policy.using("policy") as model:
         return model(input_ids=ids).logits
 
