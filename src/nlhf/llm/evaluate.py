@@ -144,14 +144,13 @@ class _Sampler:
     def draw(self, policy: LMPolicy, slot: str | None, rows: list[int],
              n: int | None = None) -> list[Sample]:
         """`n` (default: the eval's) samples for each prompt index in `rows`."""
-        from nlhf.llm.rollout.hf import generate
+        from nlhf.llm.rollout.hf import Sampling, generate
 
-        return generate(
-            policy, [self.prompt_ids[i] for i in rows], slot,
-            n_per_prompt=self.n if n is None else n,
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=1.0,
-            seed=self.seed, batch_size=self.batch_size, progress=self.progress,
-        )
+        sampling = Sampling(n_per_prompt=self.n if n is None else n,
+                            max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                            top_p=1.0, seed=self.seed)
+        return generate(policy, [self.prompt_ids[i] for i in rows], slot, sampling,
+                        batch_size=self.batch_size, progress=self.progress)
 
 
 def _logprobs(policy: LMPolicy, slot: str | None, samples: list[Sample], bs: int) -> np.ndarray:
