@@ -29,7 +29,9 @@ class _DuelCountsAlgorithm(TabularAlgorithm):
     def opponent_logp(self) -> np.ndarray:
         return self.logp
 
-    def pair_loss(self, lp, ref, w_idx, weight, opp_lp, opp_weight) -> torch.Tensor:
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
+        """The loss of every duel so far (``pairs``, weighted by count); ``opponent``: the
+        opponent's samples, weighted by count (XPO's optimism term reads them)."""
         raise NotImplementedError
 
     def step(self) -> None:
@@ -49,7 +51,11 @@ class _DuelCountsAlgorithm(TabularAlgorithm):
 
         def objective(theta, ref, old, weight, opp_weight):
             lp = torch.log_softmax(theta, -1)
-            value = pair_loss(lp, ref, (c, wi, li), weight, lp.reshape(-1), opp_weight)
+            # the opponent's view first: autograd then sums the gradients in the order it
+            # always did, so XPO's trajectories stay bit-identical
+            opponent = Samples(lp.reshape(-1), weight=opp_weight)
+            pairs = Pairs(lp[c, wi], lp[c, li], ref[c, wi], ref[c, li], weight=weight)
+            value = pair_loss(pairs, opponent)
             return value + st.ridge * ((theta - old) ** 2).sum()
 
         data = (*self.tensors(self.log_ref, self.logp), weights, opp_w)
@@ -59,18 +65,14 @@ class _DuelCountsAlgorithm(TabularAlgorithm):
 class OnlineDPO(_DuelCountsAlgorithm):
     name = "online-dpo"
 
-    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
-        c, w, l = idx
-        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
         return online_dpo_loss(pairs, beta=self.settings.tau)
 
 
 class OnlineIPO(_DuelCountsAlgorithm):
     name = "online-ipo"
 
-    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
-        c, w, l = idx
-        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
         return online_ipo_loss(pairs, beta=self.settings.tau)
 
 
@@ -82,11 +84,8 @@ class XPO(_DuelCountsAlgorithm):
     def opponent_logp(self) -> np.ndarray:
         return self.log_ref
 
-    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
-        c, w, l = idx
-        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
-        ref_samples = Samples(opp_lp, weight=opp_weight)
-        return xpo_loss(pairs, ref_samples, beta=self.settings.tau, alpha=self.settings.xpo_alpha)
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
+        return xpo_loss(pairs, opponent, beta=self.settings.tau, alpha=self.settings.xpo_alpha)
 
 
 class SPPO(TabularAlgorithm):
