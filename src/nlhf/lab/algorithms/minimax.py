@@ -9,10 +9,12 @@ tried, however little reference mass it has.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.special import log_softmax
 
-from nlhf.lab.algorithms.base import LabSettings, TabularAlgorithm, sample_from
+from nlhf.lab.algorithms.base import LabSettings, TabularAlgorithm, as_rows, sample_from
 from nlhf.lab.games.game import Game
 from nlhf.lab.games.solver import solve_nash
 
@@ -20,9 +22,12 @@ from nlhf.lab.games.solver import solve_nash
 class MinimaxOracle(TabularAlgorithm):
     name = "oracle"
 
-    def __init__(self, game: Game, settings: LabSettings, n_seeds: int, seed: int = 0) -> None:
+    def __init__(
+        self, game: Game | Sequence[Game], settings: LabSettings, n_seeds: int, seed: int = 0
+    ) -> None:
         super().__init__(game, settings, n_seeds, seed)
-        shape = (n_seeds, game.n_contexts, game.n_responses, game.n_responses)
+        B, C, K = self.log_ref.shape
+        shape = (B, C, K, K)
         self.wins = np.zeros(shape)
         self.duels = np.zeros(shape)
         self.ref_b = np.exp(self.log_ref)
@@ -37,7 +42,7 @@ class MinimaxOracle(TabularAlgorithm):
         bonus = st.optimism * np.sqrt(np.log(2.0 + self.t) / (1.0 + self.duels))
         optimistic = np.minimum(1.0, self.estimate() + bonus)
         beats = np.einsum("...ij,...j->...i", optimistic, pi)
-        adv = log_softmax(self.log_ref + beats / st.tau, axis=-1)
+        adv = log_softmax(self.log_ref + beats / as_rows(self.tau), axis=-1)
         ctx = self.contexts(st.pairs)
         y, y2 = sample_from(self.rng, self.logp, ctx), sample_from(self.rng, adv, ctx)
         won = self.oracle.duel(ctx, y, y2)
@@ -46,5 +51,5 @@ class MinimaxOracle(TabularAlgorithm):
         np.add.at(self.wins, (seeds, ctx, y2, y), 1.0 - won)
         np.add.at(self.duels, (seeds, ctx, y, y2), 1.0)
         np.add.at(self.duels, (seeds, ctx, y2, y), 1.0)
-        pi_next = solve_nash(self.estimate(), self.ref_b, st.tau, init=pi, tol=1e-10)
+        pi_next = solve_nash(self.estimate(), self.ref_b, self.tau[:, None], init=pi, tol=1e-10)
         self.logp = np.log(pi_next)
