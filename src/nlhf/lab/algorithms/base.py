@@ -40,8 +40,10 @@ class LabSettings:
     beta: float = 0.05  # DENPO Step B inverse temperature
     s: float = 1.0  # DENPO tilt sign/scale
     xpo_alpha: float = 1e-3  # XPO optimism weight
-    optimism: float = 1.0  # minimax oracle: confidence-bound scale
+    optimism: float = 0.2  # minimax oracle: confidence-bound scale (docs/lab.md)
     eta_schedule: str = "harmonic"  # or "constant"
+    eta_slope: float = 4.0  # the eta rule, eta = eta_slope·tau + eta_offset (docs/lab.md)
+    eta_offset: float = 0.25
 
     @property
     def base_eta(self) -> float:
@@ -49,7 +51,7 @@ class LabSettings:
 
     def eta_for(self, tau: float | np.ndarray) -> float | np.ndarray:
         """The base eta at KL parameter(s) ``tau``: the rule, or the fixed ``eta``."""
-        return 4.0 * np.asarray(tau) + 0.25 if self.eta is None else np.full_like(
+        return self.eta_slope * np.asarray(tau) + self.eta_offset if self.eta is None else np.full_like(
             np.asarray(tau, dtype=np.float64), self.eta)
 
     def eta_at(self, t: int, tau: float | np.ndarray | None = None) -> float | np.ndarray:
