@@ -57,8 +57,13 @@ def _writable_output(out: Path) -> None:
 def _run_sweep(value: str, out: Path, workers: int | None, progress: bool, command: str) -> None:
     """`nlhf simulate --sweep`: the tau-sweep study, its fits, table and plot."""
     from nlhf.atomic import write_json_atomic
-    from nlhf.lab.sweep import growth_markdown, growth_rows, run_sweep, sweep_config
-    from nlhf.lab.sweep import write_sweep_plots
+    from nlhf.lab.sweep import (
+        growth_markdown,
+        growth_rows,
+        run_sweep,
+        sweep_config,
+        write_sweep_plots,
+    )
 
     config = sweep_config(value)
     _writable_output(out)

@@ -17,7 +17,8 @@ import numpy as np
 
 from nlhf.errors import NLHFInputError
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
-from nlhf.lab.games import gap_per_context, needle, regret_curve
+from nlhf.lab.games import needle, regret_curve
+from nlhf.lab.simulate import RowGaps, _pool_context
 from nlhf.lab.tau_fits import fit_growth, fit_log_t, local_slopes
 from nlhf.progress import progress_bar
 
@@ -75,14 +76,12 @@ def run_cell(
     settings = LabSettings(tau=config.tau[0], **config.settings)
     algo = ALGORITHMS[algorithm](games, settings, config.seeds, seed=config.seed)
     n = config.seeds
-    P = np.repeat(np.stack([g.P for g in games]), n, axis=0).reshape(-1, 1, K, K)
-    ref = np.repeat(np.stack([g.ref for g in games]), n, axis=0).reshape(-1, 1, K)
-    tau = np.repeat([g.tau for g in games], n)[:, None]
+    row_gaps = RowGaps(games, n)
     gaps = np.zeros((len(games) * n, config.T))
     every = max(config.T // 50, 1)
     start = time.perf_counter()
     for t in range(config.T):
-        gaps[:, t] = gap_per_context(P, ref, tau, algo.policy)[:, 0]
+        gaps[:, t] = row_gaps(algo.policy)
         algo.run_round()
         if progress_queue is not None and (t + 1) % every == 0:
             progress_queue.put(every)
@@ -116,7 +115,7 @@ def run_sweep(config: SweepConfig, workers: int | None = None, progress: bool = 
     rows: list[dict] = []
     with mp.Manager() as manager:
         queue = manager.Queue()
-        ctx = mp.get_context("spawn") if workers > 1 else None
+        ctx = _pool_context() if workers > 1 else None
         with (
             ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
             progress_bar(progress) as bar,

@@ -51,8 +51,10 @@ class LabSettings:
 
     def eta_for(self, tau: float | np.ndarray) -> float | np.ndarray:
         """The base eta at KL parameter(s) ``tau``: the rule, or the fixed ``eta``."""
-        return self.eta_slope * np.asarray(tau) + self.eta_offset if self.eta is None else np.full_like(
-            np.asarray(tau, dtype=np.float64), self.eta)
+        tau = np.asarray(tau, dtype=np.float64)
+        if self.eta is None:
+            return self.eta_slope * tau + self.eta_offset
+        return np.full_like(tau, self.eta)
 
     def eta_at(self, t: int, tau: float | np.ndarray | None = None) -> float | np.ndarray:
         """eta for round t (0-based). ``harmonic``: max(eta, tau·(t+1)).
@@ -134,21 +136,21 @@ def newton_minimise(
     theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
     value = vmap(objective)
 
-    def newton_direction(theta: torch.Tensor, h: float) -> tuple[torch.Tensor, torch.Tensor]:
-        g, H = hessian_columns(value, theta, data, h)
+    def newton_direction(theta: torch.Tensor, h: float):
+        f, g, H = hessian_columns(value, theta, data, h)
         step = torch.linalg.solve(H, g[..., None])[..., 0]
-        return step, (g * step).sum(dim=(-2, -1))
+        return f, step, (g * step).sum(dim=(-2, -1))
 
     if quadratic:
-        step, _ = newton_direction(theta, 1.0)
+        _, step, _ = newton_direction(theta, 1.0)
         return log_softmax((theta - step).numpy(), axis=-1)
     for _ in range(max_steps):
-        step, decrement = newton_direction(theta, 1e-5)  # decrement: Newton decrement², ≥ 0
+        # f0: the objective at theta, from the same batched pass; decrement: Newton's, ≥ 0
+        f0, step, decrement = newton_direction(theta, 1e-5)
         if bool((decrement < tol).all() and step.abs().max() < 1e-10):
             theta = theta - step
             break
         with torch.no_grad():
-            f0 = value(theta, *data)
             scale = torch.ones_like(f0)
             for _ in range(30):  # backtracking per row, Armijo with rounding slack
                 f1 = value(theta - scale[:, None, None] * step, *data)
@@ -162,8 +164,8 @@ def newton_minimise(
 
 def hessian_columns(
     value, theta: torch.Tensor, data: tuple[torch.Tensor, ...], h: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """g(theta) and the per-(row, context) Hessian blocks from K + 1 gradients in one batch.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """f(theta), g(theta) and the per-(row, context) Hessian blocks from one batched pass.
 
     Column k is (g(theta + h·e_k) − g(theta))/h with e_k applied in every context at once
     (the blocks are independent); exact for quadratics, symmetrised otherwise.
@@ -173,10 +175,11 @@ def hessian_columns(
     points = torch.cat([theta[None], theta[None] + shifts]).reshape((K + 1) * B, C, K)
     leaf = points.requires_grad_(True)
     repeated = tuple(d.repeat(K + 1, *([1] * (d.ndim - 1))) for d in data)
-    (g,) = torch.autograd.grad(value(leaf, *repeated).sum(), leaf)
+    f = value(leaf, *repeated)
+    (g,) = torch.autograd.grad(f.sum(), leaf)
     g = g.reshape(K + 1, B, C, K)
     H = ((g[1:] - g[0]) / h).permute(1, 2, 3, 0)  # H[b, c, :, k] = H e_k
-    return g[0], 0.5 * (H + H.transpose(-1, -2))
+    return f.detach()[:B], g[0], 0.5 * (H + H.transpose(-1, -2))
 
 
 def as_rows(x: float | np.ndarray, ndim: int = 3) -> float | np.ndarray:
