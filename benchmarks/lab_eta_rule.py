@@ -1,4 +1,4 @@
-"""Choose ENPO's eta rule on the training families of docs/lab.md (needle K ∈ {8, 16}, c ∈ {0.1, 0.3}).
+"""Choose ENPO's eta rule on the training families of docs/lab.md (needle K 8, 16; c 0.1, 0.3).
 
 Usage: PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/lab_eta_rule.py OUT.json (about 3 min
 of CPU). Prints one JSON line per (rule, family) and the rule's score: the geometric-mean
