@@ -33,8 +33,10 @@ def test_side_by_side_rows_and_eta_rule():
     specs = side_by_side(
         build_specs(["needle"], ["inpo", "oracle"], [0.1, 0.05], 5, 2, settings, K=4, c=0.2)
     )
-    assert len(specs) == 2 and specs[0].also_tau == (0.05,)
+    assert len(specs) == 2 and specs[0].also == (("needle", 0.05),)
     rows = run_one(specs[0])
     assert [(r["tau"], r["seed"]) for r in rows] == [(0.1, 0), (0.1, 1), (0.05, 0), (0.05, 1)]
     assert rows[2]["eta"] == 2.0 * 0.05 + 0.5
     assert all(np.isfinite(r["final_regret"]) for r in rows)
+    alone = run_one(build_specs(["needle"], ["inpo"], [0.05], 5, 2, settings, K=4, c=0.2)[0])
+    assert [r["regret_curve"] for r in rows[2:]] == [r["regret_curve"] for r in alone]

@@ -35,18 +35,23 @@ class RunSpec:
     game_file: str | None = None
     game_seed: int = 0
     seed: int = 0
-    also_tau: tuple[float, ...] = ()  # more tau run side by side in the same process
+    also: tuple[tuple[str, float], ...] = ()  # more (instance, tau) run side by side
 
-    def game(self, tau: float | None = None) -> Game:
+    def game(self, tau: float | None = None, instance: str | None = None) -> Game:
         tau = self.tau if tau is None else tau
         if self.game_file:
             return load_game(self.game_file, tau=tau)
         return make_instance(
-            self.instance, self.K, self.c, tau, seed=self.game_seed, contexts=self.contexts
+            instance or self.instance, self.K, self.c, tau, seed=self.game_seed,
+            contexts=self.contexts,
         )
 
+    def cells(self) -> list[tuple[str, float]]:
+        """(instance, tau) of every game this run advances, in row order."""
+        return [(self.instance, self.tau), *self.also]
+
     def games(self) -> list[Game]:
-        return [self.game(t) for t in (self.tau, *self.also_tau)]
+        return [self.game(tau, inst) for inst, tau in self.cells()]
 
 
 class RowGaps:
@@ -99,7 +104,7 @@ def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
         curve = curves[b]
         game = games[b // spec.seeds]
         row = {
-            "instance": game.name if spec.game_file else spec.instance,
+            "instance": game.name if spec.game_file else spec.cells()[b // spec.seeds][0],
             "algorithm": spec.algorithm,
             "tau": game.tau,
             "eta": float(spec.settings.eta_for(game.tau)),
@@ -221,30 +226,37 @@ def build_specs(
 
 
 def side_by_side(specs: list[RunSpec]) -> list[RunSpec]:
-    """Merge specs that differ only in tau into one run (its rows advance together)."""
-    merged: dict[RunSpec, list[float]] = {}
+    """Merge specs that differ only in instance and tau into one run of games side by side.
+
+    Each game keeps its own random stream (``RowStreams``), so the merged run's numbers are
+    those of the separate runs; only the per-round overhead is shared. The games must have
+    one shape (K, contexts), which the caller ensures.
+    """
+    merged: dict[RunSpec, list[tuple[str, float]]] = {}
     for s in specs:
-        merged.setdefault(replace(s, tau=0.0, settings=replace(s.settings, tau=0.0)), []).append(
-            s.tau
-        )
+        key = replace(s, instance="", tau=0.0, settings=replace(s.settings, tau=0.0))
+        merged.setdefault(key, []).append((s.instance, s.tau))
     return [
-        replace(key, tau=taus[0], also_tau=tuple(taus[1:]),
-                settings=replace(key.settings, tau=taus[0]))
-        for key, taus in merged.items()
+        replace(key, instance=cells[0][0], tau=cells[0][1], also=tuple(cells[1:]),
+                settings=replace(key.settings, tau=cells[0][1]))
+        for key, cells in merged.items()
     ]
 
 
 def paper_claims_experiment(command: str = "") -> Experiment:
     """SPEC §3: needle (K=8, c=0.25) at tau ∈ {0.1, 0.025}, plus ENPO on gbpm and cyclic.
 
-    The needle runs advance both tau side by side (one process per algorithm): half the
-    per-round overhead, which is most of the cost at these sizes (docs/performance.md).
+    Games of one algorithm run side by side (one process per algorithm, per-game random
+    streams, so the numbers equal separate runs'): the per-round overhead, most of the cost
+    at these sizes, is paid once (docs/claims.md, "Lab speed").
     """
     base = LabSettings(tau=0.1, pairs=8)
     specs = side_by_side(build_specs(
         ["needle"], ["inpo", "enpo", "denpo", "oracle"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25
     ))
-    specs += build_specs(["gbpm", "cyclic"], ["enpo"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25)
+    specs += side_by_side(
+        build_specs(["gbpm", "cyclic"], ["enpo"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25)
+    )
     return Experiment(specs, command, {"preset": "paper-claims"})
 
 

@@ -101,6 +101,28 @@ class BanditOracle:
         return (self._rng.random(np.shape(a)) < p).astype(np.float64)
 
 
+class RowStreams:
+    """One random generator per game of a side-by-side run, each drawing its games' rows.
+
+    Every random draw of the tabular algorithms has the rows (B = games × seeds) as its
+    leading axis; splitting it into per-game blocks drawn from per-game generators seeded
+    alike makes a side-by-side run reproduce, bit for bit, the separate runs of its games.
+    """
+
+    def __init__(self, seed: int, n_games: int) -> None:
+        self._gens = [np.random.default_rng(seed) for _ in range(n_games)]
+
+    def _split(self, size: tuple[int, ...], draw) -> np.ndarray:
+        rows = size[0] // len(self._gens)
+        return np.concatenate([draw(g, (rows, *size[1:])) for g in self._gens])
+
+    def random(self, size) -> np.ndarray:
+        return self._split(tuple(size), lambda g, s: g.random(s))
+
+    def integers(self, low, high, size) -> np.ndarray:
+        return self._split(tuple(size), lambda g, s: g.integers(low, high, size=s))
+
+
 def sample_categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One draw per row of ``probs`` (..., K) by inverse CDF (vectorised)."""
     cdf = np.cumsum(probs, axis=-1)
@@ -226,7 +248,10 @@ class TabularAlgorithm(ABC):
         self.settings = settings
         self.n_seeds = n_seeds
         self.B = len(games) * n_seeds
-        self.rng = np.random.default_rng(seed)
+        # one stream per game: a side-by-side run equals its games' separate runs
+        self.rng = (
+            np.random.default_rng(seed) if len(games) == 1 else RowStreams(seed, len(games))
+        )
         self.d0 = games[0].d0
         self.tau = np.repeat([g.tau for g in games], n_seeds)  # (B,)
         if len(games) == 1:
