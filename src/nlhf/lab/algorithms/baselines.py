@@ -7,6 +7,8 @@ costs O(C·K²) whatever T is. SPPO regresses on the current round's samples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -18,11 +20,16 @@ from nlhf.losses import Pairs, Samples, online_dpo_loss, online_ipo_loss, sppo_l
 class _DuelCountsAlgorithm(TabularAlgorithm):
     """Pairs from ``opponent_logp`` vs pi_t; every duel so far enters the loss as a count."""
 
-    def __init__(self, game: Game, settings: LabSettings, n_seeds: int, seed: int = 0) -> None:
+    def __init__(
+        self, game: Game | Sequence[Game], settings: LabSettings, n_seeds: int, seed: int = 0
+    ) -> None:
         super().__init__(game, settings, n_seeds, seed)
-        C, K = game.n_contexts, game.n_responses
-        self.counts = np.zeros((n_seeds, C, K, K))  # [b, c, winner, loser]
-        self.opponent_counts = np.zeros((n_seeds, C, K))
+        if np.ptp(self.tau) > 0:
+            raise ValueError(f"{self.name} runs one tau at a time (its beta is tau)")
+        self.beta = float(self.tau[0])
+        C, K = self.log_ref.shape[1:]
+        self.counts = np.zeros((self.B, C, K, K))  # [b, c, winner, loser]
+        self.opponent_counts = np.zeros((self.B, C, K))
         grid = np.indices((C, K, K)).reshape(3, -1)
         self._c, self._w, self._l = grid
 
@@ -66,14 +73,14 @@ class OnlineDPO(_DuelCountsAlgorithm):
     name = "online-dpo"
 
     def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
-        return online_dpo_loss(pairs, beta=self.settings.tau)
+        return online_dpo_loss(pairs, beta=self.beta)
 
 
 class OnlineIPO(_DuelCountsAlgorithm):
     name = "online-ipo"
 
     def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
-        return online_ipo_loss(pairs, beta=self.settings.tau)
+        return online_ipo_loss(pairs, beta=self.beta)
 
 
 class XPO(_DuelCountsAlgorithm):
@@ -85,7 +92,7 @@ class XPO(_DuelCountsAlgorithm):
         return self.log_ref
 
     def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
-        return xpo_loss(pairs, opponent, beta=self.settings.tau, alpha=self.settings.xpo_alpha)
+        return xpo_loss(pairs, opponent, beta=self.beta, alpha=self.settings.xpo_alpha)
 
 
 class SPPO(TabularAlgorithm):
@@ -104,12 +111,12 @@ class SPPO(TabularAlgorithm):
         wins = self.oracle.duel(ctx_z, np.repeat(y[..., None], nz, axis=-1).reshape(self.B, -1), z)
         win_rate = wins.reshape(self.B, -1, nz).mean(axis=-1)
 
-        def objective(theta, ctx, y, win_rate, old):
+        def objective(theta, ctx, y, win_rate, old, eta):
             lp = torch.log_softmax(theta, -1)
             return (
                 sppo_loss(Samples(lp[ctx, y], old[ctx, y]), win_rate, eta=eta)
                 + st.ridge * ((theta - old) ** 2).sum()
             )
 
-        data = self.tensors(ctx, y, win_rate, self.logp)
+        data = self.tensors(ctx, y, win_rate, self.logp, eta)
         self.logp = newton_minimise(objective, self.logp, data)
