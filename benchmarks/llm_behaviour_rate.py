@@ -47,12 +47,12 @@ def sample(policy: Any, prompts: Sequence[str], adapter: str | None, *, n: int,
            max_new_tokens: int, temperature: float, seed: int,
            batch_size: int = 32) -> list[dict[str, Any]]:
     """``n`` responses per prompt from ``adapter`` (None: the reference), as JSON rows."""
-    from nlhf.llm.rollout.hf import generate
+    from nlhf.llm.rollout.hf import Sampling, generate
 
     ids = [policy.encode_prompt(p) for p in prompts]
-    out = generate(policy, ids, adapter, n_per_prompt=n, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_p=1.0, seed=seed, batch_size=batch_size,
-                   progress=True)
+    sampling = Sampling(n_per_prompt=n, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_p=1.0, seed=seed)
+    out = generate(policy, ids, adapter, sampling, batch_size=batch_size, progress=True)
     return [{"prompt_index": s.prompt_index, "prompt": prompts[s.prompt_index],
              "response": s.text, "tokens": len(s.response_ids)} for s in out]
 
@@ -92,13 +92,14 @@ def save_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def load_iterate(run_dir: str, iterate: int | None) -> tuple[Any, str | None]:
     """(policy, adapter): the run's base model with iterate ``iterate``'s policy adapter."""
-    from nlhf.llm.evaluate import load_policy, open_run
+    from nlhf.llm.evaluate import open_run
+    from nlhf.llm.policy import load_policy
 
     run = open_run(run_dir)
     policy = load_policy(run.cfg)
     if iterate is None:
         return policy, None
-    policy.load_adapter("policy", run.adapter_dir(iterate))
+    policy.load_adapter("policy", run.adapter(iterate))
     return policy, "policy"
 
 

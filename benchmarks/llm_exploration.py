@@ -84,7 +84,8 @@ def training_rates(run: Path, behaviour: str) -> dict[int, dict[str, Any]]:
 def heldout_rates(run: Path, behaviour: str, n: int, n_prompts: int | None,
                   max_new_tokens: int | None) -> dict[int, dict[str, Any]]:
     """{iterate k: rate} on the run's held-out prompts; samples cached under the run."""
-    from nlhf.llm.evaluate import load_policy, open_run
+    from nlhf.llm.evaluate import open_run
+    from nlhf.llm.policy import load_policy
     from nlhf.llm.store import RunStore
 
     info = open_run(run)
@@ -100,7 +101,7 @@ def heldout_rates(run: Path, behaviour: str, n: int, n_prompts: int | None,
                 policy = load_policy(info.cfg)
             adapter = None
             if k:
-                policy.load_adapter("policy", info.adapter_dir(k))
+                policy.load_adapter("policy", info.adapter(k))
                 adapter = "policy"
             save_rows(cache, sample(policy, prompts, adapter, n=n, max_new_tokens=tokens,
                                     temperature=info.cfg.rollout.temperature, seed=SAMPLE_SEED))

@@ -35,7 +35,7 @@ def _perturb(policy: Any, adapter: str, seed: int, scale: float = 0.3) -> None:
 
 def make_run(root: Path, *, iterations: int = 3, **overrides: Any) -> Path:
     """A run directory laid out as `nlhf.llm.loop` writes it, with perturbed tiny adapters."""
-    from nlhf.llm.evaluate import load_policy
+    from nlhf.llm.policy import load_policy
     from nlhf.llm.store import RunStore
 
     raw: dict[str, Any] = {
@@ -147,7 +147,8 @@ def test_average_iterate_draws_per_sample(run_dir: Path) -> None:
 def test_average_iterate_samples_are_the_mixture(run_dir: Path) -> None:
     """The mixture's log-ratio is log mean_t pi_t(y) - log ref(y) on the very samples drawn,
     and a sample drawn from iterate s is what iterate s alone draws for that prompt."""
-    from nlhf.llm.evaluate import _Sampler, load_policy, open_run, sample_average
+    from nlhf.llm.evaluate import _Sampler, open_run, sample_average
+    from nlhf.llm.policy import load_policy
 
     run = open_run(run_dir)
     policy = load_policy(run.cfg)
@@ -157,7 +158,7 @@ def test_average_iterate_samples_are_the_mixture(run_dir: Path) -> None:
     assert [s.prompt_index for s in side.samples] == [0, 0, 1, 1, 2, 2]
     per_t = []
     for t in (1, 2, 3):
-        policy.load_adapter("policy", run.adapter_dir(t))
+        policy.load_adapter("policy", run.adapter(t))
         per_t.append(policy.sequence_logprobs(
             [s.prompt_ids for s in side.samples], [s.response_ids for s in side.samples],
             "policy").double().numpy())
@@ -334,10 +335,11 @@ def test_average_needs_the_iterates_in_state_json(
 ) -> None:
     """An old-style state.json (no policy_iterates): one line, before any model loads."""
     import nlhf.llm.evaluate as ev
+    import nlhf.llm.policy.lm as lm
 
     run = _copy_run(run_dir, tmp_path / "old")
     (run / "state.json").write_text(json.dumps({"completed_iteration": 3}))
-    monkeypatch.setattr(ev, "load_policy", lambda cfg: pytest.fail("model loaded"))
+    monkeypatch.setattr(lm, "load_policy", lambda cfg: pytest.fail("model loaded"))
     with pytest.raises(NLHFInputError) as e:
         ev.evaluate(run, iterate="average", progress=False)
     assert "\n" not in str(e.value) and "state.json" in str(e.value)

@@ -19,11 +19,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _policy_logits(run_dir: Path, t: int, ids: torch.Tensor) -> torch.Tensor:
-    from nlhf.llm.evaluate import load_policy, open_run
+    from nlhf.llm.evaluate import open_run
+    from nlhf.llm.policy import load_policy
 
     run = open_run(run_dir)
     policy = load_policy(run.cfg)
-    policy.load_adapter("policy", run.adapter_dir(t))
+    policy.load_adapter("policy", run.adapter(t))
     with torch.no_grad(), policy.using("policy") as model:
         return model(input_ids=ids).logits
 
@@ -50,7 +51,8 @@ def test_export_loads_offline_with_the_policy_logits(
     expected = _policy_logits(run_dir, t, ids)
     torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-4)
     # the adapter matters: the base model alone gives other logits
-    from nlhf.llm.evaluate import load_policy, open_run
+    from nlhf.llm.evaluate import open_run
+    from nlhf.llm.policy import load_policy
 
     base = load_policy(open_run(run_dir).cfg)
     with torch.no_grad(), base.using(None) as ref:

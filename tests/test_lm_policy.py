@@ -336,11 +336,11 @@ def test_real_smollm2_from_gguf_cache() -> None:
         assert torch.equal(model(input_ids=ids).logits, gguf(input_ids=ids).logits)
 
     # Real-model rollouts: the log-prob cached at generation equals a forward pass.
-    from nlhf.llm.rollout import generate
+    from nlhf.llm.rollout import Sampling, generate
 
     policy = LMPolicy(tok, model, device="cpu")
     prompts = [policy.encode_prompt("Name a colour."), policy.encode_prompt("Say hi.")]
-    samples = generate(policy, prompts, "policy", max_new_tokens=8, progress=False)
+    samples = generate(policy, prompts, "policy", Sampling(max_new_tokens=8), progress=False)
     cached = torch.tensor([s.logprob for s in samples])
     forward = policy.sequence_logprobs(
         [s.prompt_ids for s in samples], [s.response_ids for s in samples], "policy"

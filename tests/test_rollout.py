@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nlhf.llm.policy import LMPolicy
-from nlhf.llm.rollout import Sample, generate
+from nlhf.llm.rollout import Sample, Sampling, generate
 from nlhf.llm.rollout.hf import Sampler, _cut_at_eos, batch_seed
 
 MAX_NEW = 10
@@ -44,7 +44,8 @@ def eos_policy(tiny_parts: Any) -> LMPolicy:
 
 def test_generate_shapes_and_grouping(tiny_policy: LMPolicy, prompts: Any) -> None:
     samples = generate(
-        tiny_policy, prompts, "policy", n_per_prompt=2, max_new_tokens=MAX_NEW, batch_size=4
+        tiny_policy, prompts, "policy", Sampling(n_per_prompt=2, max_new_tokens=MAX_NEW),
+        batch_size=4,
     )
     assert len(samples) == 2 * len(prompts)
     assert [s.prompt_index for s in samples] == [0, 0, 1, 1, 2, 2]
@@ -56,18 +57,22 @@ def test_generate_shapes_and_grouping(tiny_policy: LMPolicy, prompts: Any) -> No
 
 
 def test_generation_reproducible_with_seed(tiny_policy: LMPolicy, prompts: Any) -> None:
-    kwargs = {"n_per_prompt": 2, "max_new_tokens": MAX_NEW, "batch_size": 4, "progress": False}
-    a = generate(tiny_policy, prompts, "policy", seed=5, **kwargs)
+    kwargs: dict[str, Any] = {"batch_size": 4, "progress": False}
+
+    def seeded(seed: int) -> Sampling:
+        return Sampling(n_per_prompt=2, max_new_tokens=MAX_NEW, seed=seed)
+
+    a = generate(tiny_policy, prompts, "policy", seeded(5), **kwargs)
     torch.rand(10)  # global RNG state must not matter
-    b = generate(tiny_policy, prompts, "policy", seed=5, **kwargs)
-    c = generate(tiny_policy, prompts, "policy", seed=6, **kwargs)
+    b = generate(tiny_policy, prompts, "policy", seeded(5), **kwargs)
+    c = generate(tiny_policy, prompts, "policy", seeded(6), **kwargs)
     assert [s.response_ids for s in a] == [s.response_ids for s in b]
     assert [s.response_ids for s in a] != [s.response_ids for s in c]
     # Sampling does not disturb the caller's RNG stream.
     torch.manual_seed(0)
     x = torch.rand(3)
     torch.manual_seed(0)
-    generate(tiny_policy, prompts[:1], "policy", seed=5, **kwargs)
+    generate(tiny_policy, prompts[:1], "policy", seeded(5), **kwargs)
     assert torch.equal(torch.rand(3), x)
 
 
@@ -76,7 +81,8 @@ def test_cached_logprob_matches_forward(
     tiny_policy: LMPolicy, prompts: Any, adapter: str | None
 ) -> None:
     samples = generate(
-        tiny_policy, prompts, adapter, n_per_prompt=2, max_new_tokens=MAX_NEW, progress=False
+        tiny_policy, prompts, adapter, Sampling(n_per_prompt=2, max_new_tokens=MAX_NEW),
+        progress=False,
     )
     cached = torch.tensor([s.logprob for s in samples])
     assert torch.allclose(cached, forward_logprobs(tiny_policy, samples, adapter), atol=1e-4)
@@ -87,10 +93,8 @@ def test_responses_end_at_eos_or_limit(eos_policy: LMPolicy, prompts: Any) -> No
         eos_policy,
         prompts,
         "policy",
-        n_per_prompt=6,
-        max_new_tokens=12,
+        Sampling(n_per_prompt=6, max_new_tokens=12, seed=1),
         batch_size=8,
-        seed=1,
         progress=False,
     )
     eos = eos_policy.tokenizer.eos_token_id
@@ -108,7 +112,8 @@ def test_responses_end_at_eos_or_limit(eos_policy: LMPolicy, prompts: Any) -> No
 def test_logprob_only_when_sampling_from_the_policy(tiny_policy: LMPolicy, prompts: Any) -> None:
     for kwargs in ({"temperature": 0.7}, {"top_p": 0.9}, {"temperature": 0.0}):
         samples = generate(
-            tiny_policy, prompts[:2], "policy", max_new_tokens=4, progress=False, **kwargs
+            tiny_policy, prompts[:2], "policy", Sampling(max_new_tokens=4, **kwargs),
+            progress=False,
         )
         assert all(s.logprob is None for s in samples)
 
@@ -116,7 +121,8 @@ def test_logprob_only_when_sampling_from_the_policy(tiny_policy: LMPolicy, promp
 def test_greedy_ignores_seed(tiny_policy: LMPolicy, prompts: Any) -> None:
     runs = [
         generate(
-            tiny_policy, prompts, None, temperature=0.0, max_new_tokens=6, seed=seed, progress=False
+            tiny_policy, prompts, None, Sampling(temperature=0.0, max_new_tokens=6, seed=seed),
+            progress=False,
         )
         for seed in (0, 1)
     ]
@@ -131,7 +137,8 @@ def test_helpers() -> None:
 
 
 def test_progress_bar_runs(tiny_policy: LMPolicy, prompts: Any) -> None:
-    samples = generate(tiny_policy, prompts[:1], "policy", max_new_tokens=2, progress=True)
+    samples = generate(tiny_policy, prompts[:1], "policy", Sampling(max_new_tokens=2),
+                       progress=True)
     assert len(samples) == 1
 
 

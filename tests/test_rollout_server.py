@@ -13,7 +13,7 @@ import pytest
 from fake_openai import BASE_MODEL, EOS, FakeOpenAI, free_port
 from nlhf.errors import NLHFInputError
 from nlhf.llm.config import TrainConfig, validate_config
-from nlhf.llm.rollout import generate
+from nlhf.llm.rollout import Sampling, generate
 from nlhf.llm.rollout.backends import make_generator
 from nlhf.llm.rollout.base import HFGenerator, request_seed
 from nlhf.llm.rollout.openai_server import GeneratorUnavailableError, OpenAIServerGenerator
@@ -50,8 +50,9 @@ def client(server: FakeOpenAI, tokenizer: Any, **kwargs: Any) -> OpenAIServerGen
 
 def test_sampling_params_and_seeds_pass_through(server, tokenizer, prompts):
     gen = client(server, tokenizer, concurrency=2)
-    samples = gen.generate(prompts, None, n_per_prompt=3, max_new_tokens=7, temperature=0.7,
-                           top_p=0.9, seed=11, progress=False)
+    samples = gen.generate(prompts, None, Sampling(n_per_prompt=3, max_new_tokens=7,
+                                                   temperature=0.7, top_p=0.9, seed=11),
+                           progress=False)
     sent = sorted(server.completions(), key=lambda b: prompts.index(b["prompt"]))
     assert len(sent) == len(prompts)  # one request per prompt, n samples each
     for i, body in enumerate(sent):
@@ -75,10 +76,12 @@ def test_sampling_params_and_seeds_pass_through(server, tokenizer, prompts):
 
 def test_same_seed_same_samples_and_seed_matters(server, tokenizer, prompts):
     gen = client(server, tokenizer)
-    kw: dict[str, Any] = {"n_per_prompt": 2, "max_new_tokens": 6, "progress": False}
-    a = gen.generate(prompts, None, seed=5, **kw)
-    b = gen.generate(prompts, None, seed=5, **kw)
-    c = gen.generate(prompts, None, seed=6, **kw)
+    def seeded(seed: int) -> Sampling:
+        return Sampling(n_per_prompt=2, max_new_tokens=6, seed=seed)
+
+    a = gen.generate(prompts, None, seeded(5), progress=False)
+    b = gen.generate(prompts, None, seeded(5), progress=False)
+    c = gen.generate(prompts, None, seeded(6), progress=False)
     assert [s.response_ids for s in a] == [s.response_ids for s in b]
     assert [s.response_ids for s in a] != [s.response_ids for s in c]
     # the n samples of one prompt differ (the server's per-sample streams)
@@ -87,11 +90,11 @@ def test_same_seed_same_samples_and_seed_matters(server, tokenizer, prompts):
 
 @pytest.mark.parametrize("mode", ["logprobs", "text"])
 def test_token_ids_from_logprobs_or_retokenized_text(server, tokenizer, prompts, mode):
-    exact = client(server, tokenizer).generate(prompts, None, n_per_prompt=2, seed=3,
-                                               max_new_tokens=6, progress=False)
+    sampling = Sampling(n_per_prompt=2, seed=3, max_new_tokens=6)
+    exact = client(server, tokenizer).generate(prompts, None, sampling, progress=False)
     server.state["ids"] = mode
     other = client(server, tokenizer, token_ids=(mode != "text")).generate(
-        prompts, None, n_per_prompt=2, seed=3, max_new_tokens=6, progress=False)
+        prompts, None, sampling, progress=False)
     if mode == "logprobs":
         assert [s.response_ids for s in other] == [s.response_ids for s in exact]
     else:  # text only: re-tokenized, EOS appended where the server stopped
@@ -103,7 +106,7 @@ def test_token_ids_from_logprobs_or_retokenized_text(server, tokenizer, prompts,
 
 
 def test_text_prompts_option(server, tokenizer, prompts):
-    client(server, tokenizer, prompt_format="text").generate(prompts[:1], None, seed=0,
+    client(server, tokenizer, prompt_format="text").generate(prompts[:1], None, Sampling(),
                                                              progress=False)
     body = server.completions()[-1]
     assert body["prompt"] == tokenizer.decode(prompts[0], skip_special_tokens=False)
@@ -117,14 +120,14 @@ def test_adapter_load_by_path_then_generate_then_unload(server, tokenizer, promp
     gen = client(server, tokenizer)
     gen.load_adapter("policy-it3", folder)
     gen.load_adapter("policy-it3", folder)  # same name again: unloaded first, no 400
-    samples = gen.generate(prompts, "policy-it3", seed=0, max_new_tokens=5, progress=False)
+    samples = gen.generate(prompts, "policy-it3", Sampling(max_new_tokens=5), progress=False)
     gen.unload_adapter("policy-it3")
     gen.unload_adapter("policy-it3")  # already gone: 404 ignored
     assert server.state["events"] == [
         ("load", "policy-it3", str(folder.resolve())), ("unload", "policy-it3"),
         ("load", "policy-it3", str(folder.resolve())),
         *[("complete", "policy-it3")] * len(prompts), ("unload", "policy-it3")]
-    base = gen.generate(prompts, None, seed=0, max_new_tokens=5, progress=False)
+    base = gen.generate(prompts, None, Sampling(max_new_tokens=5), progress=False)
     assert [s.response_ids for s in samples] != [s.response_ids for s in base]
     with pytest.raises(NLHFInputError, match="holds no LoRA adapter"):
         gen.load_adapter("x", tmp_path)
@@ -132,7 +135,7 @@ def test_adapter_load_by_path_then_generate_then_unload(server, tokenizer, promp
 
 def test_unknown_adapter_is_a_one_line_error(server, tokenizer, prompts):
     with pytest.raises(NLHFInputError) as err:
-        client(server, tokenizer).generate(prompts, "policy-it9", seed=0, progress=False)
+        client(server, tokenizer).generate(prompts, "policy-it9", progress=False)
     msg = str(err.value)
     assert "\n" not in msg and "HTTP 404" in msg and "--enable-lora" in msg
 
@@ -140,7 +143,7 @@ def test_unknown_adapter_is_a_one_line_error(server, tokenizer, prompts):
 def test_retries_5xx_then_answers(server, tokenizer, prompts):
     server.state["fail"] = [503, 500]
     gen = client(server, tokenizer, concurrency=1)
-    assert len(gen.generate(prompts[:1], None, seed=0, progress=False)) == 1
+    assert len(gen.generate(prompts[:1], None, progress=False)) == 1
     assert gen.requests == 3
 
 
@@ -170,9 +173,10 @@ def test_api_key_comes_from_the_env_var_only(server, tokenizer, prompts, monkeyp
 
 
 def test_hf_generator_wraps_rollout_hf(tiny_policy, prompts):
-    kw: dict[str, Any] = {"n_per_prompt": 2, "max_new_tokens": 4, "seed": 1, "progress": False}
-    a = HFGenerator(tiny_policy, batch_size=4).generate(prompts, "policy", **kw)
-    b = generate(tiny_policy, prompts, "policy", batch_size=4, **kw)
+    sampling = Sampling(n_per_prompt=2, max_new_tokens=4, seed=1)
+    a = HFGenerator(tiny_policy, batch_size=4).generate(prompts, "policy", sampling,
+                                                         progress=False)
+    b = generate(tiny_policy, prompts, "policy", sampling, batch_size=4, progress=False)
     assert [(s.response_ids, s.logprob) for s in a] == [(s.response_ids, s.logprob) for s in b]
     cfg = validate_config({}).rollout
     assert isinstance(make_generator(cfg, tiny_policy), HFGenerator)

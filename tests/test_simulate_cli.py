@@ -151,3 +151,23 @@ def test_simulate_out_must_be_a_writable_folder(tmp_path):
                "--out", str(taken / "sub"), "--no-progress")
     assert out.returncode == 2 and "is a file, not a folder" in out.stderr, out.stderr
     assert out.stderr.strip().count("\n") == 0
+
+
+def test_tau_sweep_writes_fits_table_and_plot(tmp_path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "sweep:\n  K: [4]\n  c: [0.1, 0.2]\n  tau: [0.2, 0.1, 0.05]\n  T: 20\n  seeds: 2\n"
+        "  algorithms: [inpo, enpo, oracle]\n"
+    )
+    out = nlhf("simulate", "--sweep", str(config), "--out", str(tmp_path / "o"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "o" / "sweep.json").read_text())
+    assert len(doc["runs"]) == 3 * 2 * 3 * 2
+    assert {g["algorithm"] for g in doc["growth"]} == {"inpo", "enpo", "oracle"}
+    assert all(np.isfinite(g["power"]["slope"]) for g in doc["growth"])
+    assert (tmp_path / "o" / "sweep_regret_vs_inv_tau.png").exists()
+    assert "power slope" in (tmp_path / "o" / "sweep.md").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sweep:\n  algorithms: [sppo]\n")
+    out = nlhf("simulate", "--sweep", str(bad), "--out", str(tmp_path / "b"), "--no-progress")
+    assert out.returncode != 0 and "not sweepable" in out.stderr

@@ -270,7 +270,7 @@ def test_micro_batches_give_the_minibatch_gradient(tmp_path: Path, algorithm: st
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording)
     # float64 weights and log-probs, so that float rounding cannot hide a wrong denominator;
     # pi_t != pi_ref from the start, so that Nash-MD's importance weights are not all 1.
-    load = nlhf.llm.loop._load_policy
+    load = nlhf.llm.loop.load_policy
 
     def double(*args: Any, **kwargs: Any) -> Any:
         policy = load(*args, **kwargs)
@@ -280,7 +280,7 @@ def test_micro_batches_give_the_minibatch_gradient(tmp_path: Path, algorithm: st
             p.data = 0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype)
         return policy
 
-    monkeypatch.setattr(nlhf.llm.loop, "_load_policy", double)
+    monkeypatch.setattr(nlhf.llm.loop, "load_policy", double)
     for micro in (0, 1):
         (tmp_path / f"micro{micro}").mkdir()
         cfg = tiny_config(tmp_path / f"micro{micro}", algorithm, iterations=1,

@@ -54,6 +54,31 @@ def _writable_output(out: Path) -> None:
     require_writable(out, "--out")
 
 
+def _run_sweep(value: str, out: Path, workers: int | None, progress: bool, command: str) -> None:
+    """`nlhf simulate --sweep`: the tau-sweep study, its fits, table and plot."""
+    from nlhf.atomic import write_json_atomic
+    from nlhf.lab.sweep import (
+        growth_markdown,
+        growth_rows,
+        run_sweep,
+        sweep_config,
+        write_sweep_plots,
+    )
+
+    config = sweep_config(value)
+    _writable_output(out)
+    doc = run_sweep(config, workers=workers, progress=progress)
+    doc["command"] = command
+    doc["growth"] = growth_rows(doc)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "sweep.json", doc, indent=1)
+    table = f"# tau sweep\n\nCommand: `{command}`\n\n" + growth_markdown(doc)
+    (out / "sweep.md").write_text(table)
+    write_sweep_plots(doc, out)
+    typer.echo(table)
+    typer.echo(f"wrote {out / 'sweep.json'}, sweep.md and plot in {doc['wall_seconds']:.1f} s")
+
+
 @app.command()
 def simulate(
     instance: Annotated[
@@ -77,6 +102,10 @@ def simulate(
     game_seed: Annotated[int, typer.Option(help="seed of the random game families")] = 0,
     workers: Annotated[int | None, typer.Option(help="parallel processes [cores]")] = None,
     preset: Annotated[str | None, typer.Option(help="paper-claims")] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(help="tau sweep: 'tau' (issue 10's needle grid) or a YAML with a 'sweep' key"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("runs/simulate"),
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
@@ -90,6 +119,9 @@ def simulate(
     from nlhf.lab.simulate import PRESETS, Experiment, build_specs, run_experiment
 
     command = "nlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if sweep is not None:
+        _run_sweep(sweep, out, workers, progress, command)
+        return
     if preset is not None:
         if preset not in PRESETS:
             raise NLHFInputError(

@@ -73,8 +73,14 @@ def _mean(values: Tensor, weight: Tensor | None, norm: Norm = None) -> Tensor:
     return total / weight.sum().clamp_min(1e-12)
 
 
-def check_step_sizes(eta: float, tau: float) -> None:
-    """The OMD family needs 0 < tau < eta (eta is the inverse step size)."""
+def check_step_sizes(eta: float | Tensor, tau: float | Tensor) -> None:
+    """The OMD family needs 0 < tau < eta (eta is the inverse step size).
+
+    Tensor values (one tau and eta per row of a vectorised tabular sweep, seen inside vmap)
+    cannot be branched on here; the caller checks them before the loop.
+    """
+    if isinstance(eta, Tensor) or isinstance(tau, Tensor):
+        return
     if not (tau > 0 and eta > tau):
         raise ValueError(f"need 0 < tau < eta, got tau={tau}, eta={eta}")
 
@@ -158,9 +164,9 @@ def xpo_loss(pairs: Pairs, ref_samples: Samples, *, beta: float, alpha: float) -
     return online_dpo_loss(pairs, beta=beta) + alpha * ref_samples.mean(ref_samples.policy)
 
 
-def sppo_loss(samples: Samples, win_rate: Tensor, *, eta: float) -> Tensor:
+def sppo_loss(samples: Samples, win_rate: Tensor, *, eta: float | Tensor) -> Tensor:
     """SPPO (Wu et al. 2024): (log pi(y)/pi_t(y) − (P̂(y ≻ pi_t) − 1/2)/eta)²."""
-    if eta <= 0:
+    if not isinstance(eta, Tensor) and eta <= 0:
         raise ValueError(f"need eta > 0, got {eta}")
     if samples.old is None:
         raise ValueError("sppo_loss needs the samples' pi_t log-probs (Samples.old)")

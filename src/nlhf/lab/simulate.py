@@ -35,13 +35,36 @@ class RunSpec:
     game_file: str | None = None
     game_seed: int = 0
     seed: int = 0
+    also: tuple[tuple[str, float], ...] = ()  # more (instance, tau) run side by side
 
-    def game(self) -> Game:
+    def game(self, tau: float | None = None, instance: str | None = None) -> Game:
+        tau = self.tau if tau is None else tau
         if self.game_file:
-            return load_game(self.game_file, tau=self.tau)
+            return load_game(self.game_file, tau=tau)
         return make_instance(
-            self.instance, self.K, self.c, self.tau, seed=self.game_seed, contexts=self.contexts
+            instance or self.instance, self.K, self.c, tau, seed=self.game_seed,
+            contexts=self.contexts,
         )
+
+    def cells(self) -> list[tuple[str, float]]:
+        """(instance, tau) of every game this run advances, in row order."""
+        return [(self.instance, self.tau), *self.also]
+
+    def games(self) -> list[Game]:
+        return [self.game(tau, inst) for inst, tau in self.cells()]
+
+
+class RowGaps:
+    """Gap(pi_b) of every row b = game·seeds + seed, for games of one shape side by side."""
+
+    def __init__(self, games: list[Game], seeds: int) -> None:
+        self.P = np.repeat(np.stack([g.P for g in games]), seeds, axis=0)
+        self.ref = np.repeat(np.stack([g.ref for g in games]), seeds, axis=0)
+        self.tau = np.repeat([g.tau for g in games], seeds).reshape(-1, 1)
+        self.d0 = games[0].d0
+
+    def __call__(self, policy: np.ndarray) -> np.ndarray:
+        return gap_per_context(self.P, self.ref, self.tau, policy) @ self.d0
 
 
 @dataclass
@@ -52,17 +75,21 @@ class Experiment:
 
 
 def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
-    """Run every seed of ``spec``; one result row per seed."""
+    """Run every seed of ``spec`` (at each of its tau); one result row per (tau, seed)."""
     import torch
 
     torch.set_num_threads(1)
-    game = spec.game()
-    algo = ALGORITHMS[spec.algorithm](game, spec.settings, spec.seeds, seed=spec.seed)
-    gaps = np.zeros((spec.seeds, spec.T))
+    games = spec.games()
+    many = len(games) > 1
+    algo = ALGORITHMS[spec.algorithm](
+        games if many else games[0], spec.settings, spec.seeds, seed=spec.seed
+    )
+    row_gaps = RowGaps(games, spec.seeds)
+    gaps = np.zeros((algo.B, spec.T))
     start = time.perf_counter()
     report_every = max(spec.T // 50, 1)
     for t in range(spec.T):
-        gaps[:, t] = gap_per_context(game.P, game.ref, game.tau, algo.policy) @ game.d0
+        gaps[:, t] = row_gaps(algo.policy)
         algo.run_round()
         if progress_queue is not None and (t + 1) % report_every == 0:
             progress_queue.put(report_every)
@@ -73,25 +100,34 @@ def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
     average = getattr(algo, "average_policy", None)
     rows = []
     curves = regret_curve(gaps)
-    for b in range(spec.seeds):
+    for b in range(algo.B):
         curve = curves[b]
+        game = games[b // spec.seeds]
         row = {
-            "instance": game.name if spec.game_file else spec.instance,
+            "instance": game.name if spec.game_file else spec.cells()[b // spec.seeds][0],
             "algorithm": spec.algorithm,
-            "tau": spec.tau,
-            "eta": spec.settings.base_eta,
-            "seed": spec.seed + b,
+            "tau": game.tau,
+            "eta": float(spec.settings.eta_for(game.tau)),
+            "seed": spec.seed + b % spec.seeds,
             "T": spec.T,
             "final_regret": float(curve[-1]),
             "final_gap_last": gap(game, last[b]),
-            "oracle_queries": algo.oracle.queries // spec.seeds,
-            "seconds": elapsed / spec.seeds,
+            "oracle_queries": algo.oracle.queries // algo.B,
+            "seconds": elapsed / algo.B,
             "regret_curve": curve.tolist(),
         }
         if average is not None:
             row["final_gap_average"] = gap(game, average[b])
         rows.append(row)
     return rows
+
+
+def _pool_context():
+    """fork where the platform has it: workers inherit the imported torch (≈2 s each saved
+    against spawn); the parent has run no torch op, so no thread pool is forked mid-use."""
+    import multiprocessing as mp
+
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
 def run_experiment(exp: Experiment, workers: int | None = None, progress: bool = True) -> dict:
@@ -106,17 +142,20 @@ def run_experiment(exp: Experiment, workers: int | None = None, progress: bool =
             )
     workers = workers or min(len(exp.specs), os.cpu_count() or 1)
     total = sum(s.T for s in exp.specs)
+    order = sorted(range(len(exp.specs)), key=lambda i: -COST.get(exp.specs[i].algorithm, 1.0))
     started = time.perf_counter()
     rows: list[dict] = []
     with mp.Manager() as manager:
         queue = manager.Queue()
-        ctx = mp.get_context("spawn") if workers > 1 else None
+        ctx = _pool_context() if workers > 1 else None
         with (
             ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
             progress_bar(progress) as bar,
         ):
             task = bar.add_task("simulate (rounds)", total=total)
-            futures = [pool.submit(run_one, spec, queue) for spec in exp.specs]
+            # longest runs first, so the last to finish is a short one; results keep spec order
+            submitted = {i: pool.submit(run_one, exp.specs[i], queue) for i in order}
+            futures = [submitted[i] for i in range(len(exp.specs))]
             pending = set(futures)
             while pending:
                 while not queue.empty():
@@ -186,14 +225,41 @@ def build_specs(
     ]
 
 
+def side_by_side(specs: list[RunSpec]) -> list[RunSpec]:
+    """Merge specs that differ only in instance and tau into one run of games side by side.
+
+    Each game keeps its own random stream (``RowStreams``), so the merged run's numbers are
+    those of the separate runs; only the per-round overhead is shared. The games must have
+    one shape (K, contexts), which the caller ensures.
+    """
+    merged: dict[RunSpec, list[tuple[str, float]]] = {}
+    for s in specs:
+        key = replace(s, instance="", tau=0.0, settings=replace(s.settings, tau=0.0))
+        merged.setdefault(key, []).append((s.instance, s.tau))
+    return [
+        replace(key, instance=cells[0][0], tau=cells[0][1], also=tuple(cells[1:]),
+                settings=replace(key.settings, tau=cells[0][1]))
+        for key, cells in merged.items()
+    ]
+
+
 def paper_claims_experiment(command: str = "") -> Experiment:
-    """SPEC §3: needle (K=8, c=0.25) at tau ∈ {0.1, 0.025}, plus ENPO on gbpm and cyclic."""
+    """SPEC §3: needle (K=8, c=0.25) at tau ∈ {0.1, 0.025}, plus ENPO on gbpm and cyclic.
+
+    Games of one algorithm run side by side (one process per algorithm, per-game random
+    streams, so the numbers equal separate runs'): the per-round overhead, most of the cost
+    at these sizes, is paid once (docs/claims.md, "Lab speed").
+    """
     base = LabSettings(tau=0.1, pairs=8)
-    specs = build_specs(
+    specs = side_by_side(build_specs(
         ["needle"], ["inpo", "enpo", "denpo", "oracle"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25
+    ))
+    specs += side_by_side(
+        build_specs(["gbpm", "cyclic"], ["enpo"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25)
     )
-    specs += build_specs(["gbpm", "cyclic"], ["enpo"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25)
     return Experiment(specs, command, {"preset": "paper-claims"})
 
 
 PRESETS = {"paper-claims": paper_claims_experiment}
+
+COST = {"denpo": 4.0, "enpo": 1.5, "inpo": 1.0, "oracle": 1.0}  # relative seconds per round

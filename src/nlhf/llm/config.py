@@ -24,12 +24,12 @@ from pydantic import (
 
 from nlhf.atomic import write_text_atomic
 from nlhf.errors import NLHFInputError
+from nlhf.llm.judges.registry import JUDGES
 
 Algorithm = Literal["denpo", "denpo-explore", "inpo", "xpo", "sppo", "online-dpo", "online-ipo",
                     "nash-md"]
 #: Algorithm names that changed, with the name to use now.
 RENAMED_ALGORITHMS = {"enpo": "denpo"}
-JUDGE_TYPES = ("criteria", "reward-model", "llm-judge", "openai", "tabular", "python")
 # Algorithms whose update mixes pi_t and pi_ref with weight tau/eta: they need tau < eta.
 MIRROR_DESCENT_ALGOS = ("denpo", "denpo-explore", "inpo", "nash-md")
 
@@ -242,11 +242,11 @@ class TrainConfig(_Strict):
         kind = v.get("type")
         if not isinstance(kind, str):
             raise ConfigFieldError(
-                "type", f"judge needs a string 'type', one of {', '.join(JUDGE_TYPES)}"
+                "type", f"judge needs a string 'type', one of {', '.join(JUDGES)}"
             )
-        if kind not in JUDGE_TYPES:
+        if kind not in JUDGES:
             raise ConfigFieldError(
-                "type", f"unknown judge type {kind!r}; choose one of {', '.join(JUDGE_TYPES)}"
+                "type", f"unknown judge type {kind!r}; choose one of {', '.join(JUDGES)}"
             )
         return v
 

@@ -14,7 +14,6 @@ Why these choices:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -27,7 +26,7 @@ from scipy.special import logsumexp
 
 from nlhf.atomic import write_json_atomic
 from nlhf.errors import NLHFInputError
-from nlhf.llm.config import TrainConfig, load_config
+from nlhf.llm.config import TrainConfig
 from nlhf.llm.resume import check_readable
 from nlhf.llm.rundir import RunDir, policy_iterates, sample_average_iterate
 from nlhf.stats import mean_interval, wilson_interval
@@ -47,74 +46,28 @@ _TIE_TOL = 1e-12
 # --------------------------------------------------------------------------- run directories
 
 
-@dataclass(frozen=True)
-class Run:
-    """A run directory that has been checked: its config and the iterations it saved."""
-
-    path: Path
-    cfg: TrainConfig
-    iterations: tuple[int, ...]
-
-    @property
-    def name(self) -> str:
-        return self.path.resolve().name
-
-    def adapter_dir(self, t: int, role: str = "policy") -> Path:
-        return self.path / "adapters" / f"iter_{t}" / role
-
-
-def open_run(run_dir: str | Path, what: str = "run", *, need_adapters: bool = True) -> Run:
+def open_run(run_dir: str | Path, what: str = "run", *, need_adapters: bool = True) -> RunDir:
     """Check a run directory and read its config; every failure is one line with the fix."""
     path = Path(run_dir)
     if not path.is_dir():
         raise NLHFInputError(
             f"{what}: {path} is not a directory; pass a run directory written by `nlhf train`"
         )
-    if not (path / "config.yaml").is_file():
+    run = RunDir(path)
+    if not run.config.is_file():
         raise NLHFInputError(
             f"{what}: {path} has no config.yaml; pass a run directory written by `nlhf train`"
         )
-    cfg = load_config(path / "config.yaml")
-    check_readable(RunDir(path), cfg.model.finetune)  # corrupt or NaN files: one line
-    saved = _saved_iterations(path)
-    if not saved and need_adapters:
+    check_readable(run, run.cfg.model.finetune)  # corrupt or NaN files: one line
+    if not run.iterations and need_adapters:
         raise NLHFInputError(
             f"{what}: {path / 'adapters'} holds no policy adapters (iter_<t>/policy); "
             "train at least one iteration first"
         )
-    return Run(path, cfg, saved)
+    return run
 
 
-def _saved_iterations(path: Path) -> tuple[int, ...]:
-    """Iterations with a saved policy, capped at state.json's completed_iteration if present."""
-    found = []
-    root = path / "adapters"
-    if root.is_dir():
-        for child in root.iterdir():
-            m = re.fullmatch(r"iter_(\d+)", child.name)
-            if m and (child / "policy").is_dir():
-                found.append(int(m.group(1)))
-    done = completed_iteration(path)
-    if done is not None:
-        found = [t for t in found if t <= done]
-    return tuple(sorted(t for t in found if t >= 1))
-
-
-def completed_iteration(path: Path) -> int | None:
-    """The last completed round from state.json (either key the trainer may write), or None."""
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict):
-        return None
-    for key in ("completed_iteration", "last_completed_iteration"):
-        if isinstance(state.get(key), int):
-            return int(state[key])
-    return None
-
-
-def resolve_iterate(run: Run, iterate: str | int) -> tuple[str, tuple[int, ...]]:
+def resolve_iterate(run: RunDir, iterate: str | int) -> tuple[str, tuple[int, ...]]:
     """(label, iterations): "last" → the last saved, "average" → all, "<t>" → iteration t."""
     text = str(iterate).strip().lower()
     if text == "last":
@@ -126,7 +79,7 @@ def resolve_iterate(run: Run, iterate: str | int) -> tuple[str, tuple[int, ...]]
         if t not in run.iterations:
             have = ", ".join(map(str, run.iterations))
             raise NLHFInputError(
-                f"iterate: {run.adapter_dir(t)} not found; saved iterations: {have}"
+                f"iterate: {run.adapter(t)} not found; saved iterations: {have}"
             )
         return f"iter{t}", (t,)
     raise NLHFInputError(
@@ -134,7 +87,7 @@ def resolve_iterate(run: Run, iterate: str | int) -> tuple[str, tuple[int, ...]]
     )
 
 
-def expand_iterates(run: Run, iterates: str | list[str]) -> list[tuple[str, tuple[int, ...]]]:
+def expand_iterates(run: RunDir, iterates: str | list[str]) -> list[tuple[str, tuple[int, ...]]]:
     """Resolve a comma list of iterates; "each" stands for every saved iteration in turn."""
     items = iterates.split(",") if isinstance(iterates, str) else list(iterates)
     out: dict[str, tuple[int, ...]] = {}
@@ -161,21 +114,6 @@ def _policy_key(cfg: TrainConfig) -> tuple[Any, ...]:
     """Runs with equal keys can load their adapters into one in-memory model."""
     m = cfg.model
     return (_base_id(cfg), m.dtype, m.trust_remote_code, m.finetune, m.lora.model_dump_json())
-
-
-def load_policy(cfg: TrainConfig) -> LMPolicy:
-    """The run's base model with fresh adapters, built as the trainer builds it."""
-    from nlhf.llm.policy.lm import LMPolicy, LoraSettings
-
-    m = cfg.model
-    lora = LoraSettings(
-        r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
-        target_modules=tuple(m.lora.target_modules),
-    )
-    return LMPolicy.from_name(
-        m.name, finetune=m.finetune, lora=lora, dtype=m.dtype,
-        trust_remote_code=m.trust_remote_code, seed=cfg.seed,
-    )
 
 
 # --------------------------------------------------------------------------- sampling
@@ -206,14 +144,13 @@ class _Sampler:
     def draw(self, policy: LMPolicy, slot: str | None, rows: list[int],
              n: int | None = None) -> list[Sample]:
         """`n` (default: the eval's) samples for each prompt index in `rows`."""
-        from nlhf.llm.rollout.hf import generate
+        from nlhf.llm.rollout.hf import Sampling, generate
 
-        return generate(
-            policy, [self.prompt_ids[i] for i in rows], slot,
-            n_per_prompt=self.n if n is None else n,
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=1.0,
-            seed=self.seed, batch_size=self.batch_size, progress=self.progress,
-        )
+        sampling = Sampling(n_per_prompt=self.n if n is None else n,
+                            max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                            top_p=1.0, seed=self.seed)
+        return generate(policy, [self.prompt_ids[i] for i in rows], slot, sampling,
+                        batch_size=self.batch_size, progress=self.progress)
 
 
 def _logprobs(policy: LMPolicy, slot: str | None, samples: list[Sample], bs: int) -> np.ndarray:
@@ -232,14 +169,14 @@ def sample_reference(policy: LMPolicy, sampler: _Sampler, label: str) -> Side:
 
 
 def sample_run(
-    policy: LMPolicy, slot: str, run: Run, iterate: str, iterations: tuple[int, ...],
+    policy: LMPolicy, slot: str, run: RunDir, iterate: str, iterations: tuple[int, ...],
     sampler: _Sampler, label: str,
 ) -> Side:
     """Sample from one saved iterate, or from the uniform mixture of all saved iterates."""
     if len(iterations) > 1:
         return sample_average(policy, slot, run, iterate, sampler, label)
     bs = sampler.batch_size
-    policy.load_adapter(slot, run.adapter_dir(iterations[0]))
+    policy.load_adapter(slot, run.adapter(iterations[0]))
     samples = sampler.draw(policy, slot, list(range(len(sampler.prompt_ids))))
     ratio = _logprobs(policy, slot, samples, bs) - _logprobs(policy, None, samples, bs)
     return Side(label, iterate, iterations, samples, ratio)
@@ -255,12 +192,12 @@ def _iteration_of(adapter: Path) -> int:
     return int(m.group(1))
 
 
-def check_average(run: Run) -> tuple[int, ...]:
+def check_average(run: RunDir) -> tuple[int, ...]:
     """The iterates of the average: state.json's `policy_iterates`, which must be saved."""
-    listed = tuple(sorted({_iteration_of(p) for p in policy_iterates(run.path)}))
+    listed = tuple(sorted({_iteration_of(p) for p in policy_iterates(run.root)}))
     if not listed or not set(listed) <= set(run.iterations):
         raise NLHFInputError(
-            f"{run.path / 'state.json'}: policy_iterates lists {list(listed)} but the adapters "
+            f"{run.root / 'state.json'}: policy_iterates lists {list(listed)} but the adapters "
             f"hold {list(run.iterations)}; the average iterate needs the list `nlhf train` "
             "writes (evaluate single iterates: --iterate last or N)"
         )
@@ -268,17 +205,17 @@ def check_average(run: Run) -> tuple[int, ...]:
 
 
 def sample_average(
-    policy: LMPolicy, slot: str, run: Run, iterate: str, sampler: _Sampler, label: str
+    policy: LMPolicy, slot: str, run: RunDir, iterate: str, sampler: _Sampler, label: str
 ) -> Side:
     """The average iterate: per sample, an iterate s drawn uniformly, then y ~ π_s."""
     n_prompts, n, bs = len(sampler.prompt_ids), sampler.n, sampler.batch_size
-    picks = sample_average_iterate(run.path, n_prompts * n, seed=sampler.seed)
+    picks = sample_average_iterate(run.root, n_prompts * n, seed=sampler.seed)
     choices = [_iteration_of(p) for p in picks]  # sample k: prompt k // n, draw k % n
     iterations = check_average(run)
     slots: list[Sample | None] = [None] * len(choices)
     for t in sorted(set(choices)):
         ks = [k for k, c in enumerate(choices) if c == t]
-        policy.load_adapter(slot, run.adapter_dir(t))
+        policy.load_adapter(slot, run.adapter(t))
         for k, s in zip(ks, sampler.draw(policy, slot, [k // n for k in ks], n=1), strict=True):
             s.prompt_index = k // n
             slots[k] = s
@@ -286,7 +223,7 @@ def sample_average(
     # log of the mixture's probability: log mean_t π_t(y), one forward pass per iterate.
     per_iterate = []
     for t in iterations:
-        policy.load_adapter(slot, run.adapter_dir(t))
+        policy.load_adapter(slot, run.adapter(t))
         per_iterate.append(_logprobs(policy, slot, samples, bs))
     mixture = logsumexp(np.stack(per_iterate), axis=0) - np.log(len(iterations))
     ratio = mixture - _logprobs(policy, None, samples, bs)
@@ -335,7 +272,7 @@ def evaluate_iterates(
     other = None if against == "reference" else open_run(against, what="against")
     if other is not None and _base_id(other.cfg) != _base_id(cfg):
         raise NLHFInputError(
-            f"against: {other.path} uses base model {_base_id(other.cfg)!r} but {run.path} "
+            f"against: {other.root} uses base model {_base_id(other.cfg)!r} but {run.root} "
             f"uses {_base_id(cfg)!r}; compare runs trained on the same base model"
         )
     if n_prompts is not None and n_prompts < 1:
@@ -348,15 +285,16 @@ def evaluate_iterates(
     names = names or [f"{label}_vs_{opp_label}{suffix}" for label, _ in chosen]
 
     from nlhf.llm.judges import CachedJudge, make_judge
+    from nlhf.llm.policy.lm import load_policy
     from nlhf.llm.store import RunStore
 
     inner_judge = make_judge(judge_spec)  # fails early, before any model is loaded
     out: list[dict[str, Any]] = []
-    with RunStore(run.path / "store.sqlite") as store:
+    with RunStore(run.root / "store.sqlite") as store:
         prompts = store.prompts("heldout")[:n_prompts]
         if not prompts:
             raise NLHFInputError(
-                f"{run.path / 'store.sqlite'}: no held-out prompts (split 'heldout'); "
+                f"{run.root / 'store.sqlite'}: no held-out prompts (split 'heldout'); "
                 "set data.heldout > 0 and train again"
             )
         start = time.perf_counter()
@@ -396,7 +334,7 @@ def evaluate_iterates(
             }
             results = _results(name, run, other, mine, theirs, prompts, per_prompt, policy,
                                settings)
-            _write(run.path / "eval", name, results, prompts, mine, theirs, sampler.n)
+            _write(run.root / "eval", name, results, prompts, mine, theirs, sampler.n)
             print_table(results)
             out.append(results)
     return out
@@ -432,7 +370,7 @@ def _side_summary(side: Side, policy: LMPolicy) -> dict[str, Any]:
 
 
 def _results(
-    name: str, run: Run, other: Run | None, mine: Side, theirs: Side,
+    name: str, run: RunDir, other: RunDir | None, mine: Side, theirs: Side,
     prompts: list[tuple[int, str]], per_prompt: np.ndarray, policy: LMPolicy,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
@@ -452,8 +390,8 @@ def _results(
     )
     policy_iteration = mine.iterations[0] if len(mine.iterations) == 1 else None
     return {
-        "name": name, "run": str(run.path), "run_name": run.name,
-        "against": "reference" if other is None else str(other.path),
+        "name": name, "run": str(run.root), "run_name": run.name,
+        "against": "reference" if other is None else str(other.root),
         "iterate": mine.iterate, "policy_iteration": policy_iteration,
         "win_rate": float(per_prompt.mean()), "win_rate_ci": [lo, hi],
         "wins": wins, "ties": ties, "losses": losses,

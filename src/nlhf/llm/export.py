@@ -16,8 +16,9 @@ from typing import Any
 
 from nlhf.atomic import atomic_directory
 from nlhf.errors import NLHFInputError
-from nlhf.llm.evaluate import Run, open_run, resolve_iterate
+from nlhf.llm.evaluate import open_run, resolve_iterate
 from nlhf.llm.report import read_evals
+from nlhf.llm.rundir import RunDir
 
 
 def check_out_dir(out: Path) -> None:
@@ -56,10 +57,10 @@ def export(
     check_out_dir(out)
     token = hub_token() if push_to_hub else None  # fail before the model loads
 
-    from nlhf.llm.evaluate import load_policy
+    from nlhf.llm.policy.lm import load_policy
 
     policy = load_policy(run.cfg)
-    policy.load_adapter("policy", run.adapter_dir(t))
+    policy.load_adapter("policy", run.adapter(t))
     model = policy.merged_model("policy")
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
@@ -78,8 +79,8 @@ def export(
 # --------------------------------------------------------------------------- model card
 
 
-def _results_table(run: Run) -> list[str]:
-    evals = read_evals(run.path / "eval")
+def _results_table(run: RunDir) -> list[str]:
+    evals = read_evals(run.root / "eval")
     if not evals:
         return ["Not evaluated yet (`nlhf eval --run RUN` writes the win-rates used here)."]
     lines = ["| eval | win-rate | 95% CI | KL to reference | judge | held-out prompts |",
@@ -96,7 +97,7 @@ def _results_table(run: Run) -> list[str]:
     return lines
 
 
-def _front_matter(run: Run) -> list[str]:
+def _front_matter(run: RunDir) -> list[str]:
     c = run.cfg
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
                             "tags": ["nlhf", c.algorithm, "rlhf", "nash-learning"]}
@@ -105,12 +106,12 @@ def _front_matter(run: Run) -> list[str]:
     return ["---", *(f"{k}: {json.dumps(v)}" for k, v in meta.items()), "---"]
 
 
-def model_card(run: Run, iteration: int, label: str) -> str:
+def model_card(run: RunDir, iteration: int, label: str) -> str:
     """README.md: how the model was made (recipe, judge, data) and how it scored."""
     import nlhf
 
     c, h = run.cfg, run.cfg.hparams
-    recipe = (run.path / "config.yaml").read_text(encoding="utf-8").rstrip()
+    recipe = (run.root / "config.yaml").read_text(encoding="utf-8").rstrip()
     lines = [
         *_front_matter(run), "",
         f"# {run.name} ({label})", "",

@@ -25,7 +25,7 @@ import signal
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from nlhf.llm.algorithms import Algorithm, Round, make_algorithm
 from nlhf.llm.config import TrainConfig, dump_config
 from nlhf.llm.distributed import Dist, ShardedJudge, make_dist, shared_store
 from nlhf.llm.judges.diagnostics import noise_warning
+from nlhf.llm.policy.lm import load_policy
 from nlhf.llm.preflight import Checked, preflight
 from nlhf.llm.prompts import load_prompts, split_prompts
 from nlhf.llm.resume import record_creation, verify_resume
@@ -104,18 +105,6 @@ def _ensure_prompts(cfg: TrainConfig, store: RunStore,
                 load_prompts(d.prompts, d.field, d.max_prompt_chars), d.heldout, d.split_seed)
         store.add_prompts([("train", p) for p in train] + [("heldout", p) for p in heldout])
     return store.prompts("train")
-
-
-def _load_policy(cfg: TrainConfig, device: Any = None) -> LMPolicy:
-    """The policy on ``device`` (None: the default one; each rank passes its own GPU)."""
-    from nlhf.llm.policy.lm import LMPolicy, LoraSettings
-
-    m = cfg.model
-    lora = LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
-                        target_modules=tuple(m.lora.target_modules))
-    return LMPolicy.from_name(m.name, finetune=m.finetune, lora=lora, dtype=m.dtype,
-                              trust_remote_code=m.trust_remote_code, seed=cfg.seed,
-                              device=device)
 
 
 def _restore(policy: LMPolicy, run: RunDir, iteration: int) -> None:
@@ -245,7 +234,7 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
         console = Console(stderr=True, quiet=not progress)
         tracker = open_tracker(cfg.report_to, run.root, cfg.model_dump(mode="json"),
                                enabled=dist.is_main)  # report_to: tensorboard, trackio, wandb
-        policy = _load_policy(cfg, dist.device)
+        policy = load_policy(cfg, dist.device)
         inner = checked.judge if checked else given_judge or make_judge(cfg.judge)
         judge = CachedJudge(ShardedJudge(inner, dist) if dist.world > 1 else inner, store)
         algo = make_algorithm(cfg.algorithm, cfg.hparams)

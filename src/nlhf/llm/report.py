@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from nlhf.atomic import atomic_path, write_text_atomic
-from nlhf.llm.evaluate import Run, completed_iteration, open_run
+from nlhf.llm.evaluate import open_run
+from nlhf.llm.rundir import RunDir, completed_iteration
 
 LENGTH_KEY = re.compile(r"length|(^|_)len(_|$)")
 MAX_ROWS = 10
@@ -322,10 +323,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
-def _summary_section(run: Run, rows: list[dict[str, Any]], evals: list[dict[str, Any]],
+def _summary_section(run: RunDir, rows: list[dict[str, Any]], evals: list[dict[str, Any]],
                      points: dict[int, Point]) -> list[str]:
     c = run.cfg
-    done = completed_iteration(run.path)
+    done = completed_iteration(run.root)
     last, average = headline(evals, "last"), headline(evals, "average")
     if last is None and points:
         last = points[max(points)]
@@ -374,7 +375,7 @@ def _per_iteration_section(rows: list[dict[str, Any]], points: dict[int, Point],
     return [*out, ""]
 
 
-def _config_section(run: Run) -> list[str]:
+def _config_section(run: RunDir) -> list[str]:
     c = run.cfg
     h = c.hparams
     items = [
@@ -420,11 +421,11 @@ def report(run_dir: str | Path) -> Path:
     """Write `<run>/report.md`, `<run>/metrics.csv` and `<run>/plots/*.png`; returns the
     report's path."""
     run = open_run(run_dir, need_adapters=False)
-    rows, metric_notes = read_metrics(run.path / "metrics.jsonl")
-    evals = read_evals(run.path / "eval")
+    rows, metric_notes = read_metrics(run.root / "metrics.jsonl")
+    evals = read_evals(run.root / "eval")
     points = winrate_points(evals)
-    write_csv(run.path / "metrics.csv", rows, points)
-    plots, plot_notes = make_plots(run.path, rows, evals)
+    write_csv(run.root / "metrics.csv", rows, points)
+    plots, plot_notes = make_plots(run.root, rows, evals)
     lines = [f"# Run report: {run.name}", ""]
     lines += _summary_section(run, rows, evals, points)
     lines += _per_iteration_section(rows, points, metric_notes)
@@ -434,4 +435,4 @@ def report(run_dir: str | Path) -> Path:
         lines += [f"### {title}", "", f"![{title}]({rel})", ""]
     lines += [f"- {n}" for n in plot_notes]
     lines += ["", *_config_section(run)]
-    return write_text_atomic(run.path / "report.md", "\n".join(lines).rstrip() + "\n")
+    return write_text_atomic(run.root / "report.md", "\n".join(lines).rstrip() + "\n")

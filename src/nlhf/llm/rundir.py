@@ -35,16 +35,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nlhf.atomic import write_json_atomic, write_text_atomic
 from nlhf.errors import NLHFInputError
+
+if TYPE_CHECKING:
+    from nlhf.llm.config import TrainConfig
 
 CONFIG = "config.yaml"
 STORE = "store.sqlite"
@@ -52,11 +58,21 @@ METRICS = "metrics.jsonl"
 STATE = "state.json"
 
 
+@dataclass(frozen=True)
 class RunDir:
-    """Paths of one run directory."""
+    """One run directory: the paths of its artefacts, and (read on first use) its config
+    and saved iterations. The trainer writes through it, ``nlhf eval``/``report``/``export``
+    read through it (they get one from :func:`nlhf.llm.evaluate.open_run`, which checks it).
+    """
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def name(self) -> str:
+        return self.root.resolve().name
 
     @property
     def config(self) -> Path:
@@ -74,9 +90,50 @@ class RunDir:
     def state(self) -> Path:
         return self.root / STATE
 
-    def adapter(self, iteration: int, name: str) -> Path:
+    def adapter(self, iteration: int, name: str = "policy") -> Path:
         """Folder of one saved adapter ("policy" or "adversary") after round ``iteration``."""
         return self.root / "adapters" / f"iter_{iteration}" / name
+
+    @cached_property
+    def cfg(self) -> TrainConfig:
+        """The run's resolved config (``config.yaml``)."""
+        from nlhf.llm.config import load_config
+
+        return load_config(self.config)
+
+    @cached_property
+    def iterations(self) -> tuple[int, ...]:
+        """Iterations with a saved policy adapter, capped at the last completed round."""
+        return saved_iterations(self.root)
+
+
+def saved_iterations(root: Path) -> tuple[int, ...]:
+    """Iterations with a saved policy, capped at state.json's completed_iteration if present."""
+    found = []
+    adapters = Path(root) / "adapters"
+    if adapters.is_dir():
+        for child in adapters.iterdir():
+            m = re.fullmatch(r"iter_(\d+)", child.name)
+            if m and (child / "policy").is_dir():
+                found.append(int(m.group(1)))
+    done = completed_iteration(root)
+    if done is not None:
+        found = [t for t in found if t <= done]
+    return tuple(sorted(t for t in found if t >= 1))
+
+
+def completed_iteration(root: Path) -> int | None:
+    """The last completed round from state.json (either key the trainer may write), or None."""
+    try:
+        state = json.loads((Path(root) / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    for key in ("completed_iteration", "last_completed_iteration"):
+        if isinstance(state.get(key), int):
+            return int(state[key])
+    return None
 
 
 def require_writable(root: Path, field: str = "run_dir") -> None:

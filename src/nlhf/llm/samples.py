@@ -22,6 +22,7 @@ import torch
 from nlhf.errors import NLHFInputError
 from nlhf.llm.distributed import SINGLE, Dist, sharded_logprobs
 from nlhf.llm.rollout.base import Generator, HFGenerator
+from nlhf.llm.rollout.hf import Sampling
 from nlhf.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -217,25 +218,25 @@ def sample_source(gen: Generator, policy: LMPolicy, cfg: TrainConfig, iteration:
     of ranks: the hf backend splits its batches across ranks (same batches, same seeds);
     a server or engine is driven by rank 0 alone (it batches across its own GPUs)."""
     r = cfg.rollout
-    kwargs: dict[str, Any] = {
-        "n_per_prompt": sum(k for _, k in src.roles), "max_new_tokens": r.max_new_tokens,
-        "temperature": r.temperature if src.temperature is None else src.temperature,
-        "top_p": r.top_p, "progress": progress,
-        "seed": phase_seed(cfg.seed, iteration, f"generate/{src.model}"
-                           + ("" if src.temperature is None else f"@{src.temperature}")),
-    }
+    seed_key = f"generate/{src.model}" + ("" if src.temperature is None
+                                          else f"@{src.temperature}")
+    sampling = Sampling(n_per_prompt=sum(k for _, k in src.roles),
+                        max_new_tokens=r.max_new_tokens,
+                        temperature=r.temperature if src.temperature is None else src.temperature,
+                        top_p=r.top_p, seed=phase_seed(cfg.seed, iteration, seed_key))
     adapter = ADAPTER_OF[src.model]
     if dist.world > 1 and r.backend == "hf":
         if not isinstance(gen, HFGenerator):
             raise TypeError("rollout.backend hf: expected an HFGenerator")
-        mine = gen.generate_shard(prompt_tokens, adapter, dist.rank, dist.world, **kwargs)
+        mine = gen.generate_shard(prompt_tokens, adapter, dist.rank, dist.world, sampling,
+                                  progress=progress)
         dist.trace("generate", source=src.model, samples=len(mine))
         every = dict(dist.gather(list(mine.items())))
         return [every[k] for k in range(len(every))]
 
     def served() -> list[Sample]:
         with serving(gen, policy, run, iteration, adapter) as name:
-            return gen.generate(prompt_tokens, name, **kwargs)
+            return gen.generate(prompt_tokens, name, sampling, progress=progress)
 
     if dist.world > 1:
         return dist.broadcast(served() if dist.is_main else [])

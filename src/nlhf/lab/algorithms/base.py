@@ -1,15 +1,17 @@
 """Shared machinery of the tabular algorithms: settings, bandit oracle, sampling, the fitter.
 
 Every tabular algorithm keeps its policies as log-probability tables of shape (B, C, K):
-B independent seeds run side by side (vectorised), C contexts, K responses. Each policy
-update minimises the algorithm's loss from :mod:`nlhf.losses` (the same code that trains
-language models) plus a tiny ridge toward a prior, with Newton's method per seed.
+B rows run side by side (vectorised), C contexts, K responses. A row is one seed of one game:
+an algorithm may be given several games of the same shape (a sweep over tau and the needle's
+gap), and then row b plays game b // seeds with seed b % seeds, each at its own tau and eta.
+Each policy update minimises the algorithm's loss from :mod:`nlhf.losses` (the same code that
+trains language models) plus a tiny ridge toward a prior, with Newton's method per row.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,14 +40,23 @@ class LabSettings:
     beta: float = 0.05  # DENPO Step B inverse temperature
     s: float = 1.0  # DENPO tilt sign/scale
     xpo_alpha: float = 1e-3  # XPO optimism weight
-    optimism: float = 1.0  # minimax oracle: confidence-bound scale
+    optimism: float = 0.2  # minimax oracle: confidence-bound scale (docs/lab.md)
     eta_schedule: str = "harmonic"  # or "constant"
+    eta_slope: float = 4.0  # the eta rule, eta = eta_slope·tau + eta_offset (docs/lab.md)
+    eta_offset: float = 0.25
 
     @property
     def base_eta(self) -> float:
-        return 4.0 * self.tau + 0.25 if self.eta is None else self.eta
+        return float(self.eta_for(self.tau))
 
-    def eta_at(self, t: int) -> float:
+    def eta_for(self, tau: float | np.ndarray) -> float | np.ndarray:
+        """The base eta at KL parameter(s) ``tau``: the rule, or the fixed ``eta``."""
+        tau = np.asarray(tau, dtype=np.float64)
+        if self.eta is None:
+            return self.eta_slope * tau + self.eta_offset
+        return np.full_like(tau, self.eta)
+
+    def eta_at(self, t: int, tau: float | np.ndarray | None = None) -> float | np.ndarray:
         """eta for round t (0-based). ``harmonic``: max(eta, tau·(t+1)).
 
         With a constant eta the noisy bandit targets keep the iterates jittering at a floor
@@ -54,27 +65,62 @@ class LabSettings:
         the update an average of all past regularised best-response estimates, which
         averages the noise away; early rounds keep the large constant steps.
         """
+        tau = self.tau if tau is None else tau
+        base = self.eta_for(tau)
         if self.eta_schedule == "constant":
-            return self.base_eta
-        if self.eta_schedule == "harmonic":
-            return max(self.base_eta, self.tau * (t + 1))
-        raise ValueError(
-            f"eta_schedule must be 'constant' or 'harmonic', got {self.eta_schedule!r}"
-        )
+            out = base
+        elif self.eta_schedule == "harmonic":
+            out = np.maximum(base, np.asarray(tau) * (t + 1))
+        else:
+            raise ValueError(
+                f"eta_schedule must be 'constant' or 'harmonic', got {self.eta_schedule!r}"
+            )
+        return float(out) if np.ndim(out) == 0 else out
 
 
 class BanditOracle:
-    """Sampled Bernoulli duels: the only way algorithms learn about P."""
+    """Sampled Bernoulli duels: the only way algorithms learn about P.
 
-    def __init__(self, game: Game, rng: np.random.Generator) -> None:
-        self._P = game.P
+    ``P`` is (C, K, K), shared by all rows, or (B, C, K, K), one game per row; the duel
+    arrays are (B, n).
+    """
+
+    def __init__(self, P: np.ndarray, rng: np.random.Generator) -> None:
+        self._P = P
         self._rng = rng
         self.queries = 0
 
     def duel(self, ctx: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """1.0 where a beats b (probability P[ctx, a, b]), else 0.0; same shape as inputs."""
+        """1.0 where a beats b (probability P[row, ctx, a, b]), else 0.0; same shape as a."""
         self.queries += int(np.size(a))
-        return (self._rng.random(np.shape(a)) < self._P[ctx, a, b]).astype(np.float64)
+        if self._P.ndim == 3:
+            p = self._P[ctx, a, b]
+        else:
+            rows = np.arange(np.shape(a)[0]).reshape(-1, *([1] * (np.ndim(a) - 1)))
+            p = self._P[rows, ctx, a, b]
+        return (self._rng.random(np.shape(a)) < p).astype(np.float64)
+
+
+class RowStreams:
+    """One random generator per game of a side-by-side run, each drawing its games' rows.
+
+    Every random draw of the tabular algorithms has the rows (B = games × seeds) as its
+    leading axis; splitting it into per-game blocks drawn from per-game generators seeded
+    alike makes a side-by-side run reproduce, bit for bit, the separate runs of its games.
+    """
+
+    def __init__(self, seed: int, n_games: int) -> None:
+        self._gens = [np.random.default_rng(seed) for _ in range(n_games)]
+
+    def _split(self, size: tuple[int, ...], draw) -> np.ndarray:
+        rows = size[0] // len(self._gens)
+        return np.concatenate([draw(g, (rows, *size[1:])) for g in self._gens])
+
+    def random(self, size) -> np.ndarray:
+        return self._split(tuple(size), lambda g, s: g.random(s))
+
+    def integers(self, low, high, size) -> np.ndarray:
+        return self._split(tuple(size), lambda g, s: g.integers(low, high, size=s))
 
 
 def sample_categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
@@ -98,37 +144,37 @@ def newton_minimise(
     tol: float = 1e-14,
     quadratic: bool = False,
 ) -> np.ndarray:
-    """Minimise ``objective(theta_b, *data_b)`` for every seed b; return log-softmax(theta).
+    """Minimise ``objective(theta_b, *data_b)`` for every row b; return log-softmax(theta).
 
     The objective must be strictly convex in the logits (the ridge makes it so) and separable
     over contexts (true of every tabular objective: a pair lives in one context), so its
-    Hessian is block-diagonal and K double-backward passes give every (seed, context) block.
-    With ``quadratic=True`` one exact Newton step is taken and no convergence check is spent.
+    Hessian is block-diagonal per (row, context). The Hessian is read off K + 1 gradients
+    evaluated in one batch, H e_k ≈ (g(theta + h·e_k) − g(theta))/h (``hessian_columns``):
+    one vectorised backward pass instead of K double-backward passes. With ``quadratic=True``
+    (a squared loss on log-ratios: exactly quadratic in the logits) h = 1 makes it exact and
+    one Newton step is taken, with no convergence check spent; otherwise h = 1e-5 (an
+    O(h) error in H slows Newton's final convergence by a factor ~h, nothing more).
     """
     theta = torch.as_tensor(theta0, dtype=torch.float64).clone()
-    K = theta.shape[-1]
     value = vmap(objective)
 
-    def newton_direction(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        leaf = theta.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(value(leaf, *data).sum(), leaf, create_graph=True)
-        rows = [
-            torch.autograd.grad(g[..., k].sum(), leaf, retain_graph=k < K - 1)[0] for k in range(K)
-        ]
-        H = torch.stack(rows, dim=-2)  # (B, C, K, K): H[b, c, k, :]
-        g = g.detach()
+    def newton_direction(theta: torch.Tensor, h: float):
+        f, g, H = hessian_columns(value, theta, data, h)
         step = torch.linalg.solve(H, g[..., None])[..., 0]
-        return step, (g * step).sum(dim=(-2, -1))
+        return f, step, (g * step).sum(dim=(-2, -1))
 
-    for _ in range(1 if quadratic else max_steps):
-        step, decrement = newton_direction(theta)  # decrement: Newton decrement², ≥ 0
-        if quadratic or bool((decrement < tol).all() and step.abs().max() < 1e-10):
+    if quadratic:
+        _, step, _ = newton_direction(theta, 1.0)
+        return log_softmax((theta - step).numpy(), axis=-1)
+    for _ in range(max_steps):
+        # f0: the objective at theta, from the same batched pass; decrement: Newton's, ≥ 0
+        f0, step, decrement = newton_direction(theta, 1e-5)
+        if bool((decrement < tol).all() and step.abs().max() < 1e-10):
             theta = theta - step
             break
         with torch.no_grad():
-            f0 = value(theta, *data)
             scale = torch.ones_like(f0)
-            for _ in range(30):  # backtracking per seed, Armijo with rounding slack
+            for _ in range(30):  # backtracking per row, Armijo with rounding slack
                 f1 = value(theta - scale[:, None, None] * step, *data)
                 ok = f1 <= f0 - 0.25 * scale * decrement + 1e-12 * f0.abs()
                 if bool(ok.all()):
@@ -138,32 +184,94 @@ def newton_minimise(
     return log_softmax(theta.detach().numpy(), axis=-1)
 
 
-def omd_prior(old: np.ndarray, log_ref: np.ndarray, tau: float, eta: float) -> np.ndarray:
-    """log of pi_t^{1−tau/eta}·pi_ref^{tau/eta}, normalised: where OMD leaves unseen responses."""
-    mix = tau / eta
+def hessian_columns(
+    value, theta: torch.Tensor, data: tuple[torch.Tensor, ...], h: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """f(theta), g(theta) and the per-(row, context) Hessian blocks from one batched pass.
+
+    Column k is (g(theta + h·e_k) − g(theta))/h with e_k applied in every context at once
+    (the blocks are independent); exact for quadratics, symmetrised otherwise.
+    """
+    B, C, K = theta.shape
+    shifts = h * torch.eye(K, dtype=theta.dtype)[:, None, None, :]
+    points = torch.cat([theta[None], theta[None] + shifts]).reshape((K + 1) * B, C, K)
+    leaf = points.requires_grad_(True)
+    repeated = tuple(d.repeat(K + 1, *([1] * (d.ndim - 1))) for d in data)
+    f = value(leaf, *repeated)
+    (g,) = torch.autograd.grad(f.sum(), leaf)
+    g = g.reshape(K + 1, B, C, K)
+    H = ((g[1:] - g[0]) / h).permute(1, 2, 3, 0)  # H[b, c, :, k] = H e_k
+    return f.detach()[:B], g[0], 0.5 * (H + H.transpose(-1, -2))
+
+
+def as_rows(x: float | np.ndarray, ndim: int = 3) -> float | np.ndarray:
+    """A per-row value (B,) shaped to broadcast against (B, C, K) tables; scalars pass."""
+    return x if np.ndim(x) == 0 else np.asarray(x).reshape(-1, *([1] * (ndim - 1)))
+
+
+def omd_prior(old: np.ndarray, log_ref: np.ndarray, tau, eta) -> np.ndarray:
+    """log of pi_t^{1−tau/eta}·pi_ref^{tau/eta}, normalised: where OMD leaves unseen responses.
+
+    ``tau`` and ``eta`` are scalars or per-row arrays (B,).
+    """
+    mix = as_rows(np.asarray(tau) / np.asarray(eta))
     return log_softmax((1.0 - mix) * old + mix * log_ref, axis=-1)
 
 
+def stack_games(game: Game | Sequence[Game]) -> tuple[Game, ...]:
+    """One game or several of the same shape and context distribution, as a tuple."""
+    games = (game,) if isinstance(game, Game) else tuple(game)
+    if not games:
+        raise ValueError("need at least one game")
+    first = games[0]
+    for g in games[1:]:
+        if g.P.shape != first.P.shape or not np.allclose(g.d0, first.d0):
+            raise ValueError("games run side by side need the same shape and d0")
+    return games
+
+
 class TabularAlgorithm(ABC):
-    """One algorithm on one exact game, for B seeds at once, seeing bandit feedback only."""
+    """One algorithm on one or more exact games of one shape, for B rows at once.
+
+    ``game`` is a :class:`Game` or a sequence of them (then B = len(games)·n_seeds, row b
+    plays game b // n_seeds, and tau is that game's). Bandit feedback only.
+    """
 
     name: str = "base"
     uses_full_information: bool = False
 
-    def __init__(self, game: Game, settings: LabSettings, n_seeds: int, seed: int = 0) -> None:
+    def __init__(
+        self, game: Game | Sequence[Game], settings: LabSettings, n_seeds: int, seed: int = 0
+    ) -> None:
+        games = stack_games(game)
         self.game = game
         self.settings = settings
-        self.B = n_seeds
-        self.rng = np.random.default_rng(seed)
-        self.oracle = BanditOracle(game, self.rng)
-        self.log_ref = np.broadcast_to(np.log(game.ref), (n_seeds, *game.ref.shape)).copy()
+        self.n_seeds = n_seeds
+        self.B = len(games) * n_seeds
+        # one stream per game: a side-by-side run equals its games' separate runs
+        self.rng = (
+            np.random.default_rng(seed) if len(games) == 1 else RowStreams(seed, len(games))
+        )
+        self.d0 = games[0].d0
+        self.tau = np.repeat([g.tau for g in games], n_seeds)  # (B,)
+        if len(games) == 1:
+            self.oracle = BanditOracle(games[0].P, self.rng)
+        else:
+            self.oracle = BanditOracle(self.rows([g.P for g in games]), self.rng)
+        self.log_ref = self.rows([np.log(g.ref) for g in games])
         self.logp = self.log_ref.copy()  # pi_1 = pi_ref
         self.t = 0
+        if np.any(settings.eta_for(self.tau) <= self.tau):
+            raise ValueError(f"need eta > tau for every game, got eta={settings.eta}")
+
+    def rows(self, per_game: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-game arrays stacked and repeated to one per row, (B, ...)."""
+        return np.repeat(np.stack(per_game), self.n_seeds, axis=0)
 
     @property
-    def eta(self) -> float:
-        """This round's eta (see LabSettings.eta_at)."""
-        return self.settings.eta_at(self.t)
+    def eta(self) -> np.ndarray:
+        """This round's eta per row, (B,) (see LabSettings.eta_at)."""
+        return np.asarray(self.settings.eta_at(self.t, self.tau), dtype=np.float64)
 
     @property
     def policy(self) -> np.ndarray:
@@ -171,10 +279,8 @@ class TabularAlgorithm(ABC):
         return np.exp(self.logp)
 
     def contexts(self, n: int) -> np.ndarray:
-        """Contexts x ~ d0 for n pairs per seed, (B, n)."""
-        return sample_categorical(
-            self.rng, np.broadcast_to(self.game.d0, (self.B, n, len(self.game.d0)))
-        )
+        """Contexts x ~ d0 for n pairs per row, (B, n)."""
+        return sample_categorical(self.rng, np.broadcast_to(self.d0, (self.B, n, len(self.d0))))
 
     def tensors(self, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
         return tuple(torch.as_tensor(np.ascontiguousarray(a)) for a in arrays)

@@ -7,6 +7,8 @@ costs O(C·K²) whatever T is. SPPO regresses on the current round's samples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -18,18 +20,25 @@ from nlhf.losses import Pairs, Samples, online_dpo_loss, online_ipo_loss, sppo_l
 class _DuelCountsAlgorithm(TabularAlgorithm):
     """Pairs from ``opponent_logp`` vs pi_t; every duel so far enters the loss as a count."""
 
-    def __init__(self, game: Game, settings: LabSettings, n_seeds: int, seed: int = 0) -> None:
+    def __init__(
+        self, game: Game | Sequence[Game], settings: LabSettings, n_seeds: int, seed: int = 0
+    ) -> None:
         super().__init__(game, settings, n_seeds, seed)
-        C, K = game.n_contexts, game.n_responses
-        self.counts = np.zeros((n_seeds, C, K, K))  # [b, c, winner, loser]
-        self.opponent_counts = np.zeros((n_seeds, C, K))
+        if np.ptp(self.tau) > 0:
+            raise ValueError(f"{self.name} runs one tau at a time (its beta is tau)")
+        self.beta = float(self.tau[0])
+        C, K = self.log_ref.shape[1:]
+        self.counts = np.zeros((self.B, C, K, K))  # [b, c, winner, loser]
+        self.opponent_counts = np.zeros((self.B, C, K))
         grid = np.indices((C, K, K)).reshape(3, -1)
         self._c, self._w, self._l = grid
 
     def opponent_logp(self) -> np.ndarray:
         return self.logp
 
-    def pair_loss(self, lp, ref, w_idx, weight, opp_lp, opp_weight) -> torch.Tensor:
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
+        """The loss of every duel so far (``pairs``, weighted by count); ``opponent``: the
+        opponent's samples, weighted by count (XPO's optimism term reads them)."""
         raise NotImplementedError
 
     def step(self) -> None:
@@ -49,7 +58,11 @@ class _DuelCountsAlgorithm(TabularAlgorithm):
 
         def objective(theta, ref, old, weight, opp_weight):
             lp = torch.log_softmax(theta, -1)
-            value = pair_loss(lp, ref, (c, wi, li), weight, lp.reshape(-1), opp_weight)
+            # the opponent's view first: autograd then sums the gradients in the order it
+            # always did, so XPO's trajectories stay bit-identical
+            opponent = Samples(lp.reshape(-1), weight=opp_weight)
+            pairs = Pairs(lp[c, wi], lp[c, li], ref[c, wi], ref[c, li], weight=weight)
+            value = pair_loss(pairs, opponent)
             return value + st.ridge * ((theta - old) ** 2).sum()
 
         data = (*self.tensors(self.log_ref, self.logp), weights, opp_w)
@@ -59,19 +72,15 @@ class _DuelCountsAlgorithm(TabularAlgorithm):
 class OnlineDPO(_DuelCountsAlgorithm):
     name = "online-dpo"
 
-    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
-        c, w, l = idx
-        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
-        return online_dpo_loss(pairs, beta=self.settings.tau)
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
+        return online_dpo_loss(pairs, beta=self.beta)
 
 
 class OnlineIPO(_DuelCountsAlgorithm):
     name = "online-ipo"
 
-    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
-        c, w, l = idx
-        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
-        return online_ipo_loss(pairs, beta=self.settings.tau)
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
+        return online_ipo_loss(pairs, beta=self.beta)
 
 
 class XPO(_DuelCountsAlgorithm):
@@ -82,11 +91,8 @@ class XPO(_DuelCountsAlgorithm):
     def opponent_logp(self) -> np.ndarray:
         return self.log_ref
 
-    def pair_loss(self, lp, ref, idx, weight, opp_lp, opp_weight):
-        c, w, l = idx
-        pairs = Pairs(lp[c, w], lp[c, l], ref[c, w], ref[c, l], weight=weight)
-        ref_samples = Samples(opp_lp, weight=opp_weight)
-        return xpo_loss(pairs, ref_samples, beta=self.settings.tau, alpha=self.settings.xpo_alpha)
+    def pair_loss(self, pairs: Pairs, opponent: Samples) -> torch.Tensor:
+        return xpo_loss(pairs, opponent, beta=self.beta, alpha=self.settings.xpo_alpha)
 
 
 class SPPO(TabularAlgorithm):
@@ -105,12 +111,12 @@ class SPPO(TabularAlgorithm):
         wins = self.oracle.duel(ctx_z, np.repeat(y[..., None], nz, axis=-1).reshape(self.B, -1), z)
         win_rate = wins.reshape(self.B, -1, nz).mean(axis=-1)
 
-        def objective(theta, ctx, y, win_rate, old):
+        def objective(theta, ctx, y, win_rate, old, eta):
             lp = torch.log_softmax(theta, -1)
             return (
                 sppo_loss(Samples(lp[ctx, y], old[ctx, y]), win_rate, eta=eta)
                 + st.ridge * ((theta - old) ** 2).sum()
             )
 
-        data = self.tensors(ctx, y, win_rate, self.logp)
+        data = self.tensors(ctx, y, win_rate, self.logp, eta)
         self.logp = newton_minimise(objective, self.logp, data)

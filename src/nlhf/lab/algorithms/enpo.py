@@ -9,6 +9,8 @@ Step B's DPO loss on synthetic pairs (``denpo``). Returns last and average itera
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -29,12 +31,12 @@ class ENPO(TabularAlgorithm):
     name = "enpo"
     exploration = "elliptical"
 
-    def __init__(self, game: Game, settings: LabSettings, n_seeds: int, seed: int = 0) -> None:
+    def __init__(
+        self, game: Game | Sequence[Game], settings: LabSettings, n_seeds: int, seed: int = 0
+    ) -> None:
         super().__init__(game, settings, n_seeds, seed)
-        self.buffer = PairBuffer(n_seeds)
-        self.oracle_explore = EllipticalOracle(
-            n_seeds, game.n_contexts, game.n_responses, settings.lam
-        )
+        self.buffer = PairBuffer(self.B)
+        self.oracle_explore = EllipticalOracle(self.B, *self.log_ref.shape[1:], settings.lam)
         self.adv_logp = self.logp.copy()
         self.policy_sum = np.zeros_like(self.logp)
 
@@ -63,10 +65,10 @@ class ENPO(TabularAlgorithm):
 
     def step_a(self, ctx, a, b, score_a, score_b, fresh_ctx, fresh) -> np.ndarray:
         st = self.settings
-        eta, tau = self.eta, st.tau
+        eta, tau = self.eta, self.tau
         prior = omd_prior(self.logp, self.log_ref, tau, eta)
 
-        def objective(theta, ctx, a, b, sa, sb, fctx, fresh, ref, old, prior):
+        def objective(theta, ctx, a, b, sa, sb, fctx, fresh, ref, old, prior, eta, tau):
             lp = torch.log_softmax(theta, -1)
             pairs = Pairs(lp[ctx, a], lp[ctx, b], ref[ctx, a], ref[ctx, b],
                           old[ctx, a], old[ctx, b])
@@ -75,7 +77,7 @@ class ENPO(TabularAlgorithm):
             return value + st.ridge * ((theta - prior) ** 2).sum()
 
         data = self.tensors(
-            ctx, a, b, score_a, score_b, fresh_ctx, fresh, self.log_ref, self.logp, prior
+            ctx, a, b, score_a, score_b, fresh_ctx, fresh, self.log_ref, self.logp, prior, eta, tau
         )
         return newton_minimise(objective, prior, data, quadratic=st.alpha == 0)
 

@@ -21,7 +21,7 @@ class INPO(TabularAlgorithm):
 
     def step(self) -> None:
         st = self.settings
-        eta, tau = self.eta, st.tau
+        eta, tau = self.eta, self.tau
         source = self.sampling_logp()
         ctx = self.contexts(st.pairs)
         y1, y2 = sample_from(self.rng, source, ctx), sample_from(self.rng, source, ctx)
@@ -30,12 +30,12 @@ class INPO(TabularAlgorithm):
         prior = omd_prior(self.logp, self.log_ref, tau, eta)
         loss = self.loss
 
-        def objective(theta, ctx, w, l, ref, old, prior):
+        def objective(theta, ctx, w, l, ref, old, prior, eta, tau):
             lp = torch.log_softmax(theta, -1)
             pairs = Pairs(lp[ctx, w], lp[ctx, l], ref[ctx, w], ref[ctx, l],
                           old[ctx, w], old[ctx, l])
             value = loss(pairs, eta=eta, tau=tau)
             return value + st.ridge * ((theta - prior) ** 2).sum()
 
-        data = self.tensors(ctx, w, l, self.log_ref, self.logp, prior)
+        data = self.tensors(ctx, w, l, self.log_ref, self.logp, prior, eta, tau)
         self.logp = newton_minimise(objective, prior, data, quadratic=True)

@@ -16,4 +16,4 @@ class NashMD(INPO):
     loss = staticmethod(nash_md_loss)
 
     def sampling_logp(self) -> np.ndarray:
-        return omd_prior(self.logp, self.log_ref, self.settings.tau, self.eta)
+        return omd_prior(self.logp, self.log_ref, self.tau, self.eta)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import log_softmax
 
-from nlhf.lab.algorithms.base import TabularAlgorithm
+from nlhf.lab.algorithms.base import TabularAlgorithm, as_rows, stack_games
 
 
-def omd_step(logp: np.ndarray, log_ref: np.ndarray, P: np.ndarray, tau: float, eta: float):
-    """log pi_{t+1} ∝ (1 − tau/eta)·log pi_t + (tau/eta)·log pi_ref + P(· ≻ pi_t)/eta."""
-    mix = tau / eta
+def omd_step(logp: np.ndarray, log_ref: np.ndarray, P: np.ndarray, tau, eta):
+    """log pi_{t+1} ∝ (1 − tau/eta)·log pi_t + (tau/eta)·log pi_ref + P(· ≻ pi_t)/eta.
+
+    ``tau`` and ``eta`` are scalars or per-row arrays (B,) for tables (B, C, K).
+    """
+    mix, eta = as_rows(np.asarray(tau) / np.asarray(eta)), as_rows(eta)
     wins = np.einsum("...ij,...j->...i", P, np.exp(logp))
     return log_softmax((1.0 - mix) * logp + mix * log_ref + wins / eta, axis=-1)
 
@@ -22,5 +25,5 @@ class OMD(TabularAlgorithm):
     uses_full_information = True
 
     def step(self) -> None:
-        st = self.settings
-        self.logp = omd_step(self.logp, self.log_ref, self.game.P, st.tau, self.eta)
+        P = self.rows([g.P for g in stack_games(self.game)])
+        self.logp = omd_step(self.logp, self.log_ref, P, self.tau, self.eta)

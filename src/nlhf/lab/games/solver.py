@@ -89,3 +89,71 @@ def solve_nash(
     if worst > max(tol, 1e-9):
         raise RuntimeError(f"Nash solver did not converge (log-residual {worst:.3g})")
     return np.exp(logpi)
+
+
+def solve_zero_sum(
+    A: np.ndarray,
+    ref: np.ndarray,
+    tau: float | np.ndarray,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both players' equilibrium of max_pi min_q piᵀAq − tau·KL(pi||ref) + tau·KL(q||ref).
+
+    For a payoff A that need not satisfy A + Aᵀ = 1 (an optimistic estimate of P), so the
+    game is not symmetric and solve_nash does not apply. Fixed point in logs:
+    pi = softmax(log ref + A q/tau), q = softmax(log ref − Aᵀ pi/tau); Newton on the 2K
+    residual with per-game backtracking, warm-started from ``init`` (the last round's pair).
+    Returns the best iterate reached (the lab's learner tolerates a 1e-6 residual).
+    """
+    A = np.asarray(A, dtype=np.float64)
+    log_ref = np.log(np.asarray(ref, dtype=np.float64))
+    K = log_ref.shape[-1]
+    tau_b = np.broadcast_to(np.asarray(tau, dtype=np.float64), log_ref.shape[:-1])[..., None]
+    At = np.swapaxes(A, -1, -2)
+    if init is None:
+        l, m = log_ref.copy(), log_ref.copy()
+    else:
+        l, m = (log_softmax(np.log(x), axis=-1) for x in init)
+
+    def residual(l, m):
+        s1 = log_softmax(log_ref + np.einsum("...ij,...j->...i", A, np.exp(m)) / tau_b, axis=-1)
+        s2 = log_softmax(log_ref - np.einsum("...ij,...j->...i", At, np.exp(l)) / tau_b, axis=-1)
+        return np.concatenate([l - s1, m - s2], axis=-1), np.exp(s1), np.exp(s2)
+
+    eye = np.eye(K)
+    for _ in range(max_iter):
+        r, p1, p2 = residual(l, m)
+        norm = np.abs(r).max(axis=-1)
+        if norm.max() <= tol:
+            break
+        pi, q = np.exp(l), np.exp(m)
+        proj1 = eye - p1[..., None, :]  # rows: I − 1 s1ᵀ
+        proj2 = eye - p2[..., None, :]
+        d1m = -proj1 @ (A / tau_b[..., None]) * q[..., None, :]
+        d2l = proj2 @ (At / tau_b[..., None]) * pi[..., None, :]
+        eyes = np.broadcast_to(eye, d1m.shape)
+        J = np.concatenate(
+            [np.concatenate([eyes, d1m], -1), np.concatenate([d2l, eyes], -1)], -2
+        )
+        step = -np.linalg.solve(J, r[..., None])[..., 0]
+        step = np.where(np.isfinite(step), step, -r)
+        a = np.ones(norm.shape)
+        done = norm <= tol
+        new_l, new_m = l.copy(), m.copy()
+        for _ in range(30):
+            cl = log_softmax(l + a[..., None] * step[..., :K], axis=-1)
+            cm = log_softmax(m + a[..., None] * step[..., K:], axis=-1)
+            ok = (np.abs(residual(cl, cm)[0]).max(axis=-1) < (1 - 1e-4 * a) * norm) | done
+            take = (ok & ~done)[..., None]
+            new_l, new_m = np.where(take, cl, new_l), np.where(take, cm, new_m)
+            done = done | ok
+            if done.all():
+                break
+            a = np.where(done, a, a / 2)
+        stuck = (~done)[..., None]  # damped fixed-point step where Newton found no descent
+        new_l = np.where(stuck, log_softmax(l + 0.05 * (np.log(p1) - l), axis=-1), new_l)
+        new_m = np.where(stuck, log_softmax(m + 0.05 * (np.log(p2) - m), axis=-1), new_m)
+        l, m = new_l, new_m
+    return np.exp(l), np.exp(m)

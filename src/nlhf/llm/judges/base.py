@@ -112,7 +112,11 @@ class Judge(ABC):
 
 
 class LRU(Generic[V]):
-    """A bounded in-memory map, so per-text caches (embeddings, scores) cannot eat the RAM."""
+    """A bounded in-memory map, so per-text caches (embeddings, scores) cannot eat the RAM.
+
+    Hand-written (20 lines): the judges look a batch up key by key and compute the missing
+    ones in one batched call, which ``functools.lru_cache`` cannot; see docs/trainer.md.
+    """
 
     def __init__(self, maxsize: int = 100_000) -> None:
         self.maxsize = maxsize

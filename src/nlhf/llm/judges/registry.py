@@ -13,7 +13,6 @@ from nlhf.errors import NLHFInputError
 from nlhf.llm.http_client import require_http_url
 from nlhf.llm.judges.base import Judge
 
-JUDGES = ("criteria", "reward-model", "llm-judge", "openai", "tabular", "python")
 #: Fields every judge type takes; they change how a run treats answers, never an answer.
 COMMON_FIELDS = ("max_failure_rate",)
 
@@ -32,6 +31,8 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "tabular": ((), ("P", "game", "batch_size")),
     "python": (("function",), ("name", "symmetric", "batch_size")),
 }
+#: The judge types, the one list (the run config checks `judge.type` against it too).
+JUDGES = tuple(_FIELDS)
 # field → (kind, lower bound, upper bound, lower bound excluded); checked for every type.
 _BOUNDS: dict[str, tuple[str, float, float | None, bool]] = {
     "batch_size": ("int", 1, None, False), "concurrency": ("int", 1, None, False),

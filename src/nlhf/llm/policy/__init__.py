@@ -18,6 +18,7 @@ _EXPORTS = {
     "LMPolicy": "nlhf.llm.policy.lm",
     "LoraSettings": "nlhf.llm.policy.lm",
     "ADAPTERS": "nlhf.llm.policy.lm",
+    "load_policy": "nlhf.llm.policy.lm",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from nlhf.atomic import atomic_directory
 from nlhf.errors import NLHFInputError
 from nlhf.llm.batching import even_batches
 from nlhf.llm.policy.loading import DEFAULT_MODEL, load_model_and_tokenizer, render_prompt
+
+if TYPE_CHECKING:
+    from nlhf.llm.config import TrainConfig
 
 ADAPTERS = ("policy", "adversary")
 FINETUNE_MODES = ("lora", "full")
@@ -479,3 +482,17 @@ class LMPolicy:
             return clone.unload()  # type: ignore[operator]
         clone.set_adapter(adapter)  # type: ignore[operator]
         return clone.merge_and_unload(adapter_names=[adapter])  # type: ignore[operator]
+
+
+def load_policy(cfg: TrainConfig, device: str | torch.device | None = None) -> LMPolicy:
+    """The run's base model with fresh (seeded) adapters: the one loader that training,
+    ``nlhf eval`` and ``nlhf export`` share, so all three build the same model.
+
+    ``device``: None for the default one; under several processes each rank passes its GPU.
+    """
+    m = cfg.model
+    lora = LoraSettings(r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
+                        target_modules=tuple(m.lora.target_modules))
+    return LMPolicy.from_name(m.name, finetune=m.finetune, lora=lora, dtype=m.dtype,
+                              trust_remote_code=m.trust_remote_code, seed=cfg.seed,
+                              device=device)

@@ -5,6 +5,6 @@
 
 from nlhf.llm.rollout.backends import make_generator
 from nlhf.llm.rollout.base import Generator, HFGenerator
-from nlhf.llm.rollout.hf import Sample, generate
+from nlhf.llm.rollout.hf import Sample, Sampling, generate
 
-__all__ = ["Generator", "HFGenerator", "Sample", "generate", "make_generator"]
+__all__ = ["Generator", "HFGenerator", "Sample", "Sampling", "generate", "make_generator"]

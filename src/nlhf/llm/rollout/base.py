@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from nlhf.errors import NLHFInputError
-from nlhf.llm.rollout.hf import Sample, _cut_at_eos, generate, generate_batches, plan_batches
+from nlhf.llm.rollout.hf import (
+    Sample,
+    Sampling,
+    _cut_at_eos,
+    generate,
+    generate_batches,
+    plan_batches,
+)
 
 if TYPE_CHECKING:
     from nlhf.llm.policy.lm import LMPolicy
@@ -41,15 +48,11 @@ class Generator(ABC):
         self,
         prompts_ids: Sequence[Sequence[int]],
         adapter: str | None,
+        sampling: Sampling = Sampling(),
         *,
-        n_per_prompt: int = 1,
-        max_new_tokens: int = 48,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
         progress: bool = True,
     ) -> list[Sample]:
-        """``n_per_prompt`` samples per prompt, grouped by prompt in prompt order.
+        """``sampling.n_per_prompt`` samples per prompt, grouped by prompt in prompt order.
 
         Same arguments, same samples (as far as the backend is deterministic). Each response
         ends with an EOS token when the model stopped, and is cut at ``max_new_tokens``.
@@ -80,19 +83,12 @@ class HFGenerator(Generator):
         self,
         prompts_ids: Sequence[Sequence[int]],
         adapter: str | None,
+        sampling: Sampling = Sampling(),
         *,
-        n_per_prompt: int = 1,
-        max_new_tokens: int = 48,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
         progress: bool = True,
     ) -> list[Sample]:
-        return generate(
-            self.policy, prompts_ids, adapter, n_per_prompt=n_per_prompt,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            batch_size=self.batch_size, progress=progress,
-        )
+        return generate(self.policy, prompts_ids, adapter, sampling,
+                        batch_size=self.batch_size, progress=progress)
 
     def generate_shard(
         self,
@@ -100,23 +96,17 @@ class HFGenerator(Generator):
         adapter: str | None,
         rank: int,
         world: int,
+        sampling: Sampling = Sampling(),
         *,
-        n_per_prompt: int = 1,
-        max_new_tokens: int = 48,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
         progress: bool = True,
     ) -> dict[int, Sample]:
         """This rank's part of :meth:`generate`: batches b with b % world == rank, as
         {index in generate's output: sample}. The union over ranks equals ``generate``'s
         output exactly (same batches, same seeds), whatever ``world`` is."""
-        jobs, batches = plan_batches(prompts_ids, n_per_prompt, self.batch_size)
+        jobs, batches = plan_batches(prompts_ids, sampling.n_per_prompt, self.batch_size)
         mine = [b for b in range(len(batches)) if b % world == rank]
-        return generate_batches(
-            self.policy, jobs, batches, mine, adapter, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, seed=seed, progress=progress,
-        )
+        return generate_batches(self.policy, jobs, batches, mine, adapter, sampling,
+                                progress=progress)
 
     def load_adapter(self, name: str, directory: str | Path) -> None:
         """Overwrite the in-memory adapter ``name`` ("policy" or "adversary") from a folder."""

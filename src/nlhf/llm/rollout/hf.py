@@ -41,6 +41,26 @@ class Sample:
                    logprob=logprob)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: the arguments every generator (HF, vLLM, a server) takes, in one place.
+
+    ``n_per_prompt`` samples per prompt, each cut at ``max_new_tokens``; ``temperature`` <= 0
+    is greedy; the same ``seed`` gives the same samples (as far as the backend repeats).
+    """
+
+    n_per_prompt: int = 1
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def exact(self) -> bool:
+        """True where the sampling distribution is the policy itself (temperature 1, top-p 1)."""
+        return self.temperature == 1.0 and self.top_p == 1.0
+
+
 def prompt_lists(prompts_ids: Sequence[Sequence[int]]) -> list[list[int]]:
     """The prompts as lists of ids; an empty prompt is an error (nothing to continue)."""
     if any(len(p) == 0 for p in prompts_ids):
@@ -157,18 +177,15 @@ def generate_batches(
     batches: Sequence[Sequence[int]],
     run: Iterable[int],
     adapter: str | None,
+    sampling: Sampling = Sampling(),
     *,
-    max_new_tokens: int = 48,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
     progress: bool = True,
 ) -> dict[int, Sample]:
     """Run batches ``run`` (indices into ``batches``) of a :func:`plan_batches` plan; returns
     {job index: sample}. Batch b is seeded from (seed, b), so its samples do not depend on
-    which other batches this call runs."""
-    exact = temperature == 1.0 and top_p == 1.0
-    config = _generation_config(policy, max_new_tokens)
+    which other batches this call runs (``sampling.n_per_prompt`` is the plan's already)."""
+    exact = sampling.exact
+    config = _generation_config(policy, sampling.max_new_tokens)
     eos = set(policy.eos_token_ids)
     results: dict[int, Sample] = {}
     todo = list(run)
@@ -181,8 +198,8 @@ def generate_batches(
             ids, mask = left_pad(prompts, policy.pad_token_id)
             ids, mask = ids.to(policy.device), mask.to(policy.device)
             shared = _shared_prefill(policy, model, prompts)
-            generator = torch.Generator(policy.device).manual_seed(batch_seed(seed, b))
-            sampler = Sampler(temperature, top_p, generator, record=exact)
+            generator = torch.Generator(policy.device).manual_seed(batch_seed(sampling.seed, b))
+            sampler = Sampler(sampling.temperature, sampling.top_p, generator, record=exact)
             out = model.generate(  # type: ignore[operator]
                 input_ids=ids, attention_mask=mask, generation_config=config,
                 logits_processor=[sampler], **shared,
@@ -217,25 +234,21 @@ def generate(
     policy: LMPolicy,
     prompts_ids: Sequence[Sequence[int]],
     adapter: str | None,
+    sampling: Sampling = Sampling(),
     *,
-    n_per_prompt: int = 1,
-    max_new_tokens: int = 48,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[Sample]:
-    """Sample `n_per_prompt` responses per prompt from `adapter` (None: the reference).
+    """Sample ``sampling.n_per_prompt`` responses per prompt from `adapter` (None: the
+    reference).
 
     Returns samples grouped by prompt, in prompt order. Prompts are batched by length to cut
     padding; batch b is seeded from (seed, b), so a call repeats exactly given its arguments.
     `temperature <= 0` means greedy decoding. `logprob` is filled only at temperature 1 and
     top-p 1, where the sampling distribution is the policy itself.
     """
-    jobs, batches = plan_batches(prompts_ids, n_per_prompt, batch_size)
+    jobs, batches = plan_batches(prompts_ids, sampling.n_per_prompt, batch_size)
     results = generate_batches(
-        policy, jobs, batches, range(len(batches)), adapter, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_p=top_p, seed=seed, progress=progress,
+        policy, jobs, batches, range(len(batches)), adapter, sampling, progress=progress,
     )
     return [results[k] for k in range(len(jobs))]

@@ -37,7 +37,7 @@ from nlhf.llm.rollout.base import (
     lora_folder,
     request_seed,
 )
-from nlhf.llm.rollout.hf import Sample, prompt_lists
+from nlhf.llm.rollout.hf import Sample, Sampling, prompt_lists
 from nlhf.progress import progress_bar
 
 _NOT_LOADED = ("not found", "cannot be found", "does not exist")
@@ -178,11 +178,12 @@ class OpenAIServerGenerator(Generator):
                                stop_reason=choice.get("stop_reason"),
                                eos_token_ids=self.eos_token_ids, max_new_tokens=limit)
 
-    def _complete(self, index: int, prompt_ids: list[int], adapter: str | None, n: int,
-                  max_new_tokens: int, temperature: float, top_p: float, seed: int
-                  ) -> list[Sample]:
+    def _complete(self, index: int, prompt_ids: list[int], adapter: str | None,
+                  sampling: Sampling) -> list[Sample]:
+        n, max_new_tokens = sampling.n_per_prompt, sampling.max_new_tokens
         body = self.payload(prompt_ids, adapter, n=n, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, seed=request_seed(seed, index))
+                            temperature=sampling.temperature, top_p=sampling.top_p,
+                            seed=request_seed(sampling.seed, index))
         reply = self.http.post(self.completions_url, body)
         if reply.status >= 400:
             raise self._fail(f"completion with model {body['model']!r}", reply)
@@ -205,12 +206,8 @@ class OpenAIServerGenerator(Generator):
         self,
         prompts_ids: Sequence[Sequence[int]],
         adapter: str | None,
+        sampling: Sampling = Sampling(),
         *,
-        n_per_prompt: int = 1,
-        max_new_tokens: int = 48,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
         progress: bool = True,
     ) -> list[Sample]:
         """One request per prompt (``n`` samples each), ``concurrency`` of them in flight."""
@@ -222,15 +219,14 @@ class OpenAIServerGenerator(Generator):
         try:
             with progress_bar(progress) as bar:
                 task = bar.add_task(f"generate ({adapter or self.model}, server)",
-                                    total=len(prompts) * n_per_prompt)
+                                    total=len(prompts) * sampling.n_per_prompt)
                 futures: dict[Future[list[Sample]], int] = {
-                    pool.submit(self._complete, i, p, adapter, n_per_prompt, max_new_tokens,
-                                temperature, top_p, seed): i
+                    pool.submit(self._complete, i, p, adapter, sampling): i
                     for i, p in enumerate(prompts)
                 }
                 for fut in as_completed(futures):
                     groups[futures[fut]] = fut.result()
-                    bar.advance(task, n_per_prompt)
+                    bar.advance(task, sampling.n_per_prompt)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
         return [s for group in groups for s in group]

@@ -25,7 +25,7 @@ from nlhf.llm.rollout.base import (
     lora_folder,
     request_seed,
 )
-from nlhf.llm.rollout.hf import Sample, prompt_lists
+from nlhf.llm.rollout.hf import Sample, Sampling, prompt_lists
 
 MISSING = "rollout.backend: vllm is not installed (GPU only: pip install vllm); use backend: hf"
 
@@ -93,12 +93,8 @@ class VLLMGenerator(Generator):
         self,
         prompts_ids: Sequence[Sequence[int]],
         adapter: str | None,
+        sampling: Sampling = Sampling(),
         *,
-        n_per_prompt: int = 1,
-        max_new_tokens: int = 48,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
         progress: bool = True,
     ) -> list[Sample]:
         from vllm import SamplingParams
@@ -109,8 +105,9 @@ class VLLMGenerator(Generator):
             if adapter not in self._adapters:
                 raise ValueError(f"adapter {adapter!r} was not loaded; call load_adapter first")
             lora = self._adapters[adapter]
-        params = [SamplingParams(n=n_per_prompt, temperature=temperature, top_p=top_p,
-                                 max_tokens=max_new_tokens, seed=request_seed(seed, i),
+        params = [SamplingParams(n=sampling.n_per_prompt, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+                                 seed=request_seed(sampling.seed, i),
                                  stop_token_ids=self.eos_token_ids, **NEUTRAL_SAMPLING)
                   for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
@@ -121,7 +118,7 @@ class VLLMGenerator(Generator):
                 ids = finish_response(comp.token_ids, stopped=comp.finish_reason == "stop",
                                       stop_reason=comp.stop_reason,
                                       eos_token_ids=self.eos_token_ids,
-                                      max_new_tokens=max_new_tokens)
+                                      max_new_tokens=sampling.max_new_tokens)
                 samples.append(Sample.decoded(self.tokenizer, i, prompts[i], ids))
         return samples
 
