@@ -74,6 +74,25 @@ class Experiment:
     meta: dict = field(default_factory=dict)
 
 
+def play(algo, row_gaps: RowGaps, T: int, progress_queue=None) -> tuple[np.ndarray, float]:
+    """Run ``T`` rounds of ``algo``, recording each row's gap before every round.
+
+    Returns the (B, T) gaps and the seconds spent; ``progress_queue`` (from a worker) gets
+    the rounds done about fifty times per run, so the parent's bar moves.
+    """
+    gaps = np.zeros((algo.B, T))
+    every = max(T // 50, 1)
+    start = time.perf_counter()
+    for t in range(T):
+        gaps[:, t] = row_gaps(algo.policy)
+        algo.run_round()
+        if progress_queue is not None and (t + 1) % every == 0:
+            progress_queue.put(every)
+    if progress_queue is not None:
+        progress_queue.put(T % every)
+    return gaps, time.perf_counter() - start
+
+
 def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
     """Run every seed of ``spec`` (at each of its tau); one result row per (tau, seed)."""
     import torch
@@ -84,18 +103,7 @@ def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
     algo = ALGORITHMS[spec.algorithm](
         games if many else games[0], spec.settings, spec.seeds, seed=spec.seed
     )
-    row_gaps = RowGaps(games, spec.seeds)
-    gaps = np.zeros((algo.B, spec.T))
-    start = time.perf_counter()
-    report_every = max(spec.T // 50, 1)
-    for t in range(spec.T):
-        gaps[:, t] = row_gaps(algo.policy)
-        algo.run_round()
-        if progress_queue is not None and (t + 1) % report_every == 0:
-            progress_queue.put(report_every)
-    if progress_queue is not None:
-        progress_queue.put(spec.T % report_every)
-    elapsed = time.perf_counter() - start
+    gaps, elapsed = play(algo, RowGaps(games, spec.seeds), spec.T, progress_queue)
     last = algo.policy
     average = getattr(algo, "average_policy", None)
     rows = []

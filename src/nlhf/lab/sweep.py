@@ -18,7 +18,7 @@ import numpy as np
 from nlhf.errors import NLHFInputError
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
 from nlhf.lab.games import needle, regret_curve
-from nlhf.lab.simulate import RowGaps, _pool_context
+from nlhf.lab.simulate import RowGaps, _pool_context, play
 from nlhf.lab.tau_fits import fit_growth, fit_log_t, local_slopes
 from nlhf.progress import progress_bar
 
@@ -76,18 +76,7 @@ def run_cell(
     settings = LabSettings(tau=config.tau[0], **config.settings)
     algo = ALGORITHMS[algorithm](games, settings, config.seeds, seed=config.seed)
     n = config.seeds
-    row_gaps = RowGaps(games, n)
-    gaps = np.zeros((len(games) * n, config.T))
-    every = max(config.T // 50, 1)
-    start = time.perf_counter()
-    for t in range(config.T):
-        gaps[:, t] = row_gaps(algo.policy)
-        algo.run_round()
-        if progress_queue is not None and (t + 1) % every == 0:
-            progress_queue.put(every)
-    if progress_queue is not None:
-        progress_queue.put(config.T % every)
-    seconds = time.perf_counter() - start
+    gaps, seconds = play(algo, RowGaps(games, n), config.T, progress_queue)
     curves = regret_curve(gaps)
     keep = checkpoints(config.T) - 1
     rows = []
