@@ -187,6 +187,41 @@ def plot(results: dict[str, Any], behaviour: str, out: Path) -> None:
     print(f"wrote {out}")
 
 
+def plot_final(final: Path, out: Path) -> None:
+    """Final-iterate rate per algorithm (pooled over seeds, Wilson 95%), one dot per seed,
+    from the per-run ``final_rate.json`` files collected in ``final`` (see docs)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(final.read_text())
+    runs = data["runs"]
+    by_algo: dict[str, list[dict[str, Any]]] = {}
+    for name, r in runs.items():
+        by_algo.setdefault(name.rsplit("-s", 1)[0], []).append(r)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for i, rs in enumerate(by_algo.values()):
+        hits, n = sum(r["hits"] for r in rs), sum(r["n"] for r in rs)
+        lo, hi = wilson_interval(hits, n)
+        ax.errorbar([i], [hits / n], yerr=[[hits / n - lo], [hi - hits / n]], marker="o",
+                    capsize=4)
+        ax.plot([i] * len(rs), [r["rate"] for r in rs], ".", color="grey", alpha=0.6)
+    if ref := data.get("reference"):
+        lo, hi = wilson_interval(ref["hits"], ref["n"])
+        ax.axhspan(lo, hi, color="grey", alpha=0.15, label="reference, Wilson 95%")
+        ax.axhline(ref["hits"] / ref["n"], color="grey", lw=1)
+        ax.legend(fontsize=8)
+    ax.set_xticks(range(len(by_algo)), list(by_algo))
+    ax.set_ylabel("rate in the final iterate's samples")
+    ax.set_title("final iterate (k = 3), pooled over seeds, Wilson 95%", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="*", default=[], help="run directories")
@@ -204,8 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, help="held-out budget (default the run's)")
     ap.add_argument("--out", default="benchmarks/results/llm_exploration")
     ap.add_argument("--figure", default="docs/figures/llm_exploration.png")
+    ap.add_argument("--final", help="plot only: a JSON of final-iterate rates per run "
+                    "(benchmarks/results/llm_exploration_final.json) to --figure")
     args = ap.parse_args(argv)
 
+    if args.final:
+        plot_final(Path(args.final), Path(args.figure))
+        return
     runs = [Path(r) for r in args.runs]
     if args.train:
         runs += train_all(args.config, args.algorithms, args.seeds, Path(args.root), args.extra)
