@@ -1,4 +1,4 @@
-"""The ``nlhf`` command: simulate, nash, train, eval, report, export.
+"""The ``nlhf`` command: simulate, nash, train, compare, eval, report, export.
 
 Bad input raises :class:`NLHFInputError`; ``main`` prints its one-line message and exits 2.
 """
@@ -229,6 +229,25 @@ def train(
     run_dir = run_training(cfg, resume=resume is not None, progress=progress)
     if os.environ.get("RANK", "0") == "0":  # one line per launch, not per process
         typer.echo(f"run finished: {run_dir}")
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Option(help="compare file: a recipe plus a compare: section")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override, e.g. compare.seeds=[0]")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train and evaluate several algorithms x seeds on one recipe, then judge them head to
+    head; resumes where it stopped. Writes compare.md, compare.json and compare.png."""
+    from nlhf.llm.compare import load_comparison, run_comparison
+    from nlhf.llm.config import parse_overrides
+
+    comparison = load_comparison(config, parse_overrides(set_ or []))
+    _writable_output(comparison.out)
+    run_comparison(comparison, progress=progress, echo=typer.echo)
+    typer.echo(f"wrote {comparison.out / 'compare.md'}")
 
 
 @app.command("eval")

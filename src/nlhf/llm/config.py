@@ -374,9 +374,8 @@ def _deep_copy(obj: Any) -> Any:
 # --------------------------------------------------------------------------- files
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config, apply dotted ``overrides``, validate; missing keys take defaults,
-    except :data:`REQUIRED_FIELDS`."""
+def read_config_mapping(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (empty file: ``{}``); one-line errors name the file."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -394,21 +393,33 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             f"{p}: not valid YAML{where}: {' '.join(str(problem).split())}"
         ) from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise NLHFInputError(
             f"{p}: the top level must be a mapping of fields, got {type(raw).__name__}"
         )
+    return raw
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config, apply dotted ``overrides``, validate; missing keys take defaults,
+    except :data:`REQUIRED_FIELDS`."""
+    return config_from_mapping(read_config_mapping(path), overrides, str(path))
+
+
+def config_from_mapping(raw: dict[str, Any], overrides: dict[str, Any] | None = None,
+                        source: str = "<config>") -> TrainConfig:
+    """Validate a raw config mapping after dotted ``overrides``; errors name ``source``."""
     overrides = overrides or {}
     raw = apply_overrides(raw, overrides)
     missing = [name for name in REQUIRED_FIELDS if raw.get(name) is None]
     if missing:
         raise NLHFInputError(
-            f"{p}: missing required field{'s' if len(missing) > 1 else ''} "
+            f"{source}: missing required field{'s' if len(missing) > 1 else ''} "
             f"{', '.join(repr(m) for m in missing)}; every config sets them, e.g. "
             "run_dir: runs/my-run and algorithm: denpo (see configs/demo.yaml)"
         )
-    return validate_config(raw, str(p), frozenset(overrides))
+    return validate_config(raw, source, frozenset(overrides))
 
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> Path:

@@ -57,13 +57,13 @@ if TYPE_CHECKING:
     from nlhf.llm.judges import Judge
     from nlhf.llm.policy.lm import LMPolicy
 
-__all__ = ["KILL_ENV", "policy_iterates", "sample_average_iterate", "train"]
+__all__ = ["KILL_ENV", "checkpoint", "policy_iterates", "sample_average_iterate", "train"]
 
 KILL_ENV = "NLHF_TEST_KILL_AFTER"
 log = logging.getLogger(__name__)
 
 
-def _checkpoint(key: str) -> None:
+def checkpoint(key: str) -> None:
     """Test hook: die like a SIGKILLed run exactly at checkpoint ``key`` (inert by default)."""
     if os.environ.get(KILL_ENV) == key:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -247,7 +247,7 @@ def _run(cfg: TrainConfig, run: RunDir, progress: bool, checked: Checked | None,
             start = time.perf_counter()
             prompts = round_prompts(train_prompts, cfg.data.prompts_per_iteration, cfg.seed, t)
             r = Round(policy=policy, cfg=cfg, iteration=t, store=store, run=run, judge=judge,
-                      prompts=prompts, progress=progress, checkpoint=_checkpoint,
+                      prompts=prompts, progress=progress, checkpoint=checkpoint,
                       generator=generator, dist=dist)
             metrics = _finish_round(r, _round(r, algo))
             tracker.log(t, metrics)

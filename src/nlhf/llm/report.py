@@ -197,7 +197,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], points: dict[int, Point]) 
 # --------------------------------------------------------------------------- plots
 
 
-def _save_png(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
@@ -230,7 +230,7 @@ def _panels(rows: list[dict[str, Any]], keys: list[str], title: str, path: Path)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
     fig.suptitle(title)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def _winrate_plot(points: dict[int, Point], average: Point | None, path: Path) -> None:
@@ -252,7 +252,7 @@ def _winrate_plot(points: dict[int, Point], average: Point | None, path: Path) -
     ax.set_title("Win-rate against the reference (95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def _time_plot(iterations: list[int], phases: dict[str, list[Any]], path: Path) -> None:
@@ -269,7 +269,7 @@ def _time_plot(iterations: list[int], phases: dict[str, list[Any]], path: Path) 
     ax.set_ylabel("seconds")
     ax.set_title("Wall time per phase")
     ax.legend(fontsize="small")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def make_plots(

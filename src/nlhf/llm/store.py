@@ -241,6 +241,12 @@ class RunStore:
             "SELECT COUNT(*) FROM judge_calls WHERE judge = ?", (judge,)
         ).fetchone()[0])
 
+    def count_generated_tokens(self) -> int:
+        """Response tokens of every stored training generation (all rounds and roles)."""
+        rows = self._conn.execute(
+            "SELECT response_ids FROM generations WHERE response_ids IS NOT NULL").fetchall()
+        return sum(len(json.loads(r[0])) for r in rows)
+
     # -- steps (resume points) ------------------------------------------------------------
 
     def mark_done(self, key: str, payload: Mapping[str, Any] | None = None) -> None:
