@@ -131,6 +131,20 @@ def test_missing_section_and_foreign_runs(tmp_path: Path) -> None:
     assert result.returncode == 2 and "made with another recipe" in result.stderr
 
 
+def test_dry_run_shows_equal_judge_budgets(tmp_path: Path) -> None:
+    config = write_compare(tmp_path, tmp_path / "out", seeds=[0, 1])
+    result = subprocess.run([sys.executable, "-m", "nlhf.cli", "compare", "--config",
+                             str(config), "--dry-run"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    # denpo: 4 generations, 4 comparisons per prompt; online-dpo with 2 pairs: 4 and 2.
+    assert [r[:5] for r in rows] == [["denpo", "0", "new", "4", "4"],
+                                     ["online-dpo", "0", "new", "4", "2"],
+                                     ["denpo", "1", "new", "4", "4"],
+                                     ["online-dpo", "1", "new", "4", "2"]]
+    assert not (tmp_path / "out").exists()
+
+
 def test_pooled_win_rate_and_page() -> None:
     evals = [{"per_prompt": [{"prompt_id": i, "p_win": p} for i, p in enumerate(ps)]}
              for ps in ([1.0, 0.0, 1.0, 0.5], [0.0, 0.0, 1.0, 0.5])]

@@ -237,14 +237,19 @@ def compare(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="override, e.g. compare.seeds=[0]")
     ] = None,
+    dry_run: Annotated[bool, typer.Option(help="validate and print every run's budget")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Train and evaluate several algorithms x seeds on one recipe, then judge them head to
     head; resumes where it stopped. Writes compare.md, compare.json and compare.png."""
-    from nlhf.llm.compare import load_comparison, run_comparison
+    from nlhf.llm.compare import check_existing, format_plan, load_comparison, run_comparison
     from nlhf.llm.config import parse_overrides
 
     comparison = load_comparison(config, parse_overrides(set_ or []))
+    if dry_run:
+        check_existing(comparison)
+        typer.echo(format_plan(comparison))
+        return
     _writable_output(comparison.out)
     run_comparison(comparison, progress=progress, echo=typer.echo)
     typer.echo(f"wrote {comparison.out / 'compare.md'}")

@@ -164,6 +164,37 @@ def run_state(p: PlannedRun) -> str:
     return "done" if done >= p.cfg.iterations else "started"
 
 
+def plan_rows(comparison: Comparison) -> list[dict[str, Any]]:
+    """Per run: state, generations and judge comparisons per prompt and in all (from the
+    same plan as `nlhf train --dry-run`), so the budgets can be checked before training."""
+    from nlhf.llm.plan import make_plan
+
+    rows = []
+    for p in comparison.runs:
+        plan = make_plan(p.cfg)
+        rows.append({
+            "algorithm": p.algorithm, "seed": p.seed, "state": run_state(p),
+            "generations_per_prompt": plan["generations"]["per_prompt_total"],
+            "comparisons_per_prompt": plan["judge"]["comparisons_per_prompt"],
+            "generations": plan["generations"]["total"],
+            "judge_calls": plan["judge"]["calls_total"],
+            "max_new_tokens": plan["tokens"]["generated_total_max"], "run_dir": str(p.run.root)})
+    return rows
+
+
+def format_plan(comparison: Comparison) -> str:
+    rows = plan_rows(comparison)
+    head = ["algorithm", "seed", "state", "gen/prompt", "cmp/prompt", "generations",
+            "judge calls", "max new tokens", "run_dir"]
+    keys = ["algorithm", "seed", "state", "generations_per_prompt", "comparisons_per_prompt",
+            "generations", "judge_calls", "max_new_tokens", "run_dir"]
+    table = [head] + [[str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in table]
+    return f"{comparison.source}: {len(rows)} runs, seed-major\n" + "\n".join(lines)
+
+
 def train_and_evaluate(p: PlannedRun, progress: bool) -> dict[str, Any]:
     """Train (or resume) one run, then evaluate its last iterate against the reference;
     returns the evaluation (read back when it exists)."""
