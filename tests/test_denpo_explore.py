@@ -11,6 +11,7 @@ from nlhf import losses
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
 from nlhf.lab.algorithms.base import newton_minimise
 from nlhf.lab.games import gap_per_context, needle
+from test_losses import _pairs
 
 
 def _fit(objective, start, *data):
@@ -30,8 +31,7 @@ def test_minimiser_is_the_tilted_tempered_adversary(s, temperature):
     old = log_softmax(rng.normal(size=K))
     new = log_softmax(old + 0.05 * rng.normal(size=K))
     hot = np.exp(log_softmax(old / temperature))
-    a, b = (torch.as_tensor(x.ravel()) for x in np.meshgrid(np.arange(K), np.arange(K),
-                                                            indexing="ij"))
+    a, b = _pairs(K)
     weight = torch.as_tensor((hot[:, None] * hot[None, :]).ravel())
     gain = torch.as_tensor(new - old)
     label = losses.step_b_soft_label(gain[a], gain[b], s=s)

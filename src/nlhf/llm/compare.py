@@ -195,13 +195,12 @@ def format_plan(comparison: Comparison) -> str:
     return f"{comparison.source}: {len(rows)} runs, seed-major\n" + "\n".join(lines)
 
 
-def train_and_evaluate(p: PlannedRun, progress: bool) -> dict[str, Any]:
-    """Train (or resume) one run, then evaluate its last iterate against the reference;
-    returns the evaluation (read back when it exists)."""
+def train_and_evaluate(p: PlannedRun, state: str, progress: bool) -> dict[str, Any]:
+    """Train (or resume, by ``state`` from :func:`run_state`) one run, then evaluate its
+    last iterate against the reference; returns the evaluation (read back when it exists)."""
     from nlhf.llm.evaluate import evaluate
     from nlhf.llm.loop import checkpoint, train
 
-    state = run_state(p)
     if state != "done":
         train(p.cfg, resume=state == "started", progress=progress)
     checkpoint(f"compare/trained/{p.run.name}")
@@ -229,7 +228,7 @@ def run_comparison(comparison: Comparison, *, progress: bool = True,
         verb = {"new": "training", "started": "resuming", "done": "finished, evaluating"}[state]
         echo(f"[{i}/{total}] {p.algorithm} seed {p.seed}: {verb} ({p.run.root})")
         start = time.perf_counter()
-        evaluation = train_and_evaluate(p, progress)
+        evaluation = train_and_evaluate(p, state, progress)
         echo(f"[{i}/{total}] {p.algorithm} seed {p.seed}: win-rate "
              f"{_ci_text(evaluation['win_rate'], evaluation['win_rate_ci'])} vs reference "
              f"({time.perf_counter() - start:.0f} s)")
@@ -291,6 +290,7 @@ def head_to_head(comparison: Comparison, done: list[PlannedRun]) -> dict[str, An
     from nlhf.llm.store import RunStore
 
     by_key = {(p.algorithm, p.seed): p for p in done}
+    samples = {key: _samples(p.run) for key, p in by_key.items()}  # read each file once
     algos = list(comparison.section.algorithms)
     judge_spec = comparison.recipe.judge
     cells: dict[str, dict[str, Any]] = {}
@@ -302,7 +302,7 @@ def head_to_head(comparison: Comparison, done: list[PlannedRun]) -> dict[str, An
                 seeds = [s for s in comparison.section.seeds
                          if (a, s) in by_key and (b, s) in by_key]
                 for s in seeds:
-                    xa, xb = _samples(by_key[a, s].run), _samples(by_key[b, s].run)
+                    xa, xb = samples[a, s], samples[b, s]
                     if [r["instruction"] for r in xa] != [r["instruction"] for r in xb]:
                         raise NLHFInputError(
                             f"{by_key[b, s].run.root}: held-out prompts differ from "
