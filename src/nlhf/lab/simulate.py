@@ -6,9 +6,7 @@ process pool (one torch thread each), so a 2-core machine runs two at a time.
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -16,7 +14,7 @@ import numpy as np
 from nlhf.errors import NLHFInputError
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
 from nlhf.lab.games import Game, gap, gap_per_context, load_game, make_instance, regret_curve
-from nlhf.progress import progress_bar
+from nlhf.lab.pool import run_jobs
 
 
 @dataclass(frozen=True)
@@ -130,50 +128,25 @@ def run_one(spec: RunSpec, progress_queue=None) -> list[dict]:
     return rows
 
 
-def _pool_context():
-    """fork where the platform has it: workers inherit the imported torch (≈2 s each saved
-    against spawn); the parent has run no torch op, so no thread pool is forked mid-use."""
-    import multiprocessing as mp
-
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-
-
 def run_experiment(exp: Experiment, workers: int | None = None, progress: bool = True) -> dict:
     """Run all specs (in parallel where cores allow) and gather the results document."""
-    import multiprocessing as mp
-
     for spec in exp.specs:
         if spec.algorithm not in ALGORITHMS:
             raise NLHFInputError(
                 f"--algorithms: unknown algorithm {spec.algorithm!r}; choose from "
                 f"{', '.join(ALGORITHMS)}"
             )
-    workers = workers or min(len(exp.specs), os.cpu_count() or 1)
-    total = sum(s.T for s in exp.specs)
     order = sorted(range(len(exp.specs)), key=lambda i: -COST.get(exp.specs[i].algorithm, 1.0))
     started = time.perf_counter()
-    rows: list[dict] = []
-    with mp.Manager() as manager:
-        queue = manager.Queue()
-        ctx = _pool_context() if workers > 1 else None
-        with (
-            ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
-            progress_bar(progress) as bar,
-        ):
-            task = bar.add_task("simulate (rounds)", total=total)
-            # longest runs first, so the last to finish is a short one; results keep spec order
-            submitted = {i: pool.submit(run_one, exp.specs[i], queue) for i in order}
-            futures = [submitted[i] for i in range(len(exp.specs))]
-            pending = set(futures)
-            while pending:
-                while not queue.empty():
-                    bar.advance(task, queue.get())
-                pending = {f for f in pending if not f.done()}
-                time.sleep(0.05)
-            while not queue.empty():
-                bar.advance(task, queue.get())
-            for fut in futures:
-                rows.extend(fut.result())
+    results = run_jobs(
+        [(run_one, (spec,)) for spec in exp.specs],
+        total_rounds=sum(s.T for s in exp.specs),
+        label="simulate (rounds)",
+        workers=workers,
+        progress=progress,
+        submit_order=order,  # longest runs first; results keep spec order
+    )
+    rows = [row for result in results for row in result]
     first = exp.specs[0]
     return {
         "runs": rows,

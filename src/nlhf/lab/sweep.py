@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -18,9 +17,9 @@ import numpy as np
 from nlhf.errors import NLHFInputError
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
 from nlhf.lab.games import needle, regret_curve
-from nlhf.lab.simulate import RowGaps, _pool_context, play
+from nlhf.lab.pool import run_jobs
+from nlhf.lab.simulate import RowGaps, play
 from nlhf.lab.tau_fits import fit_growth, fit_log_t, local_slopes
-from nlhf.progress import progress_bar
 
 SWEEP_ALGORITHMS = ("inpo", "enpo", "denpo", "oracle")  # those that take per-row tau
 
@@ -94,34 +93,23 @@ def run_cell(
 
 def run_sweep(config: SweepConfig, workers: int | None = None, progress: bool = True) -> dict:
     """Run every (algorithm, K) cell, longest first, in a process pool; gather the rows."""
-    import multiprocessing as mp
-
     cells = sorted(
         ((a, K) for a in config.algorithms for K in config.K), key=lambda ak: -ak[1]
     )
-    workers = workers or min(len(cells), os.cpu_count() or 1)
     started = time.perf_counter()
-    rows: list[dict] = []
-    with mp.Manager() as manager:
-        queue = manager.Queue()
-        ctx = _pool_context() if workers > 1 else None
-        with (
-            ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool,
-            progress_bar(progress) as bar,
-        ):
-            task = bar.add_task("tau sweep (rounds)", total=config.T * len(cells))
-            futures = [pool.submit(run_cell, a, K, config, queue) for a, K in cells]
-            while any(not f.done() for f in futures):
-                while not queue.empty():
-                    bar.advance(task, queue.get())
-                time.sleep(0.1)
-            for fut in futures:
-                rows.extend(fut.result())
+    results = run_jobs(
+        [(run_cell, (a, K, config)) for a, K in cells],
+        total_rounds=config.T * len(cells),
+        label="tau sweep (rounds)",
+        workers=workers,
+        progress=progress,
+    )
+    rows = [row for result in results for row in result]
     return {
         "sweep": asdict(config),
         "runs": rows,
         "wall_seconds": time.perf_counter() - started,
-        "workers": workers,
+        "workers": workers or min(len(cells), os.cpu_count() or 1),
     }
 
 
