@@ -19,14 +19,15 @@ from nlhf.errors import NLHFInputError
 from nlhf.llm.compare import EVAL_NAME, load_comparison, markdown, pooled_win_rate
 from nlhf.llm.loop import KILL_ENV
 from nlhf.llm.store import RunStore
-from test_train import tiny_config
+from test_train import CHEAP_JUDGE, tiny_config
 
 ALGORITHMS = {"denpo": [], "online-dpo": ["hparams.pairs_per_prompt=2"]}
 
 
 def write_compare(tmp_path: Path, out: Path, **compare: Any) -> Path:
     raw = tiny_config(tmp_path, iterations=1, eval={"max_new_tokens": 8}).model_dump(mode="json")
-    raw["compare"] = {"out": str(out), "algorithms": ALGORITHMS, "seeds": [0], **compare}
+    raw["compare"] = {"out": str(out), "algorithms": ALGORITHMS, "seeds": [0],
+                      "second_judge": CHEAP_JUDGE, **compare}
     path = tmp_path / f"compare-{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -88,6 +89,15 @@ def test_killed_comparison_resumes_to_the_uninterrupted_result(tmp_path: Path) -
     assert (broken / "compare.png").stat().st_size > 0
     page = (broken / "compare.md").read_text()
     assert "2 of 2 runs finished" in page and "| denpo |" in page
+    # The second judge here is the training judge itself, on the same evaluation samples:
+    # it must give back each run's evaluated win-rate.
+    second = doc["second_judge"]["rows"]
+    for row in doc["rows"]:
+        main_rates = [s["win_rate"] for s in row["per_seed"]]
+        assert [s["win_rate"] for s in second[row["algorithm"]]["per_seed"]] == pytest.approx(
+            main_rates)
+        assert second[row["algorithm"]]["pooled"]["win_rate"] == pytest.approx(main_rates[0])
+    assert "## Second judge" in page
     # A rerun of a finished comparison trains nothing and asks the judge nothing new.
     with RunStore(broken / "judge.sqlite") as store:
         before = store.count_judge_calls()
@@ -102,6 +112,7 @@ def test_killed_comparison_resumes_to_the_uninterrupted_result(tmp_path: Path) -
     ({"seeds": [0, 0]}, "compare.seeds: seeds repeat"),
     ({"algorithms": {"inpo": ["hparams.no_such=1"]}}, "compare.algorithms.inpo"),
     ({"typo": 1}, "compare.typo: Extra inputs are not permitted"),
+    ({"second_judge": {"type": "oracle"}}, "compare.second_judge: judge.type: unknown judge"),
 ])
 def test_bad_compare_files_fail_before_training(tmp_path: Path, compare: dict[str, Any],
                                                 message: str) -> None:

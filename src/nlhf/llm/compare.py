@@ -58,6 +58,9 @@ class CompareSection(BaseModel):
     algorithms: dict[str, list[str]] = Field(
         description="algorithm -> its own `key=value` overrides ([] for none), in table order")
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    second_judge: dict[str, Any] | None = Field(
+        default=None, description="a judge spec the runs did not train on; each final policy "
+        "is judged against the reference again with it, on the same evaluation samples")
 
     @field_validator("algorithms")
     @classmethod
@@ -123,6 +126,13 @@ def load_comparison(path: str | Path, overrides: dict[str, Any] | None = None) -
         where = ".".join(str(p) for p in ("compare", *err["loc"]))
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise NLHFInputError(f"{source}: {where}: {msg}") from None
+    if section.second_judge is not None:
+        from nlhf.llm.judges import make_judge
+
+        try:
+            make_judge(section.second_judge)  # a bad spec fails here, before any training
+        except NLHFInputError as exc:
+            raise NLHFInputError(f"{source}: compare.second_judge: {exc}") from None
     runs = []
     for seed in section.seeds:
         for algorithm, sets in section.algorithms.items():
@@ -278,9 +288,39 @@ def pooled_win_rate(evaluations: list[dict[str, Any]]) -> dict[str, Any]:
     return {"win_rate": mean, "ci": ci, "seeds": len(tables), "prompts": len(common)}
 
 
-def _samples(run: RunDir) -> list[dict[str, str]]:
-    """The last iterate's evaluation responses, one per held-out prompt (sample 0)."""
-    return json.loads((run.root / "eval" / f"alpaca_eval_{EVAL_NAME}.json").read_text())
+def _samples(run: RunDir, side: str = "") -> list[dict[str, str]]:
+    """The last iterate's evaluation responses (``side="_reference"``: the reference's), one
+    per held-out prompt (sample 0)."""
+    return json.loads((run.root / "eval" / f"alpaca_eval_{EVAL_NAME}{side}.json").read_text())
+
+
+def second_judge_rates(comparison: Comparison, done: list[PlannedRun]) -> dict[str, Any]:
+    """Per algorithm: each seed's win-rate against the reference under ``second_judge``, on
+    the evaluation's own samples (judge calls only), and the seeds pooled as in the main
+    table. Empty when the compare file names no second judge."""
+    from nlhf.llm.judges import CachedJudge, make_judge
+    from nlhf.llm.store import RunStore
+
+    spec = comparison.section.second_judge
+    if spec is None:
+        return {}
+    out: dict[str, Any] = {"judge": dict(spec), "rows": {}}
+    with RunStore(comparison.out / "judge.sqlite") as store:
+        judge = CachedJudge(make_judge(spec), store)
+        for algo in comparison.section.algorithms:
+            evals = []
+            for p in (p for p in done if p.algorithm == algo):
+                mine, ref = _samples(p.run), _samples(p.run, "_reference")
+                probs = judge.prob([r["instruction"] for r in mine], [r["output"] for r in mine],
+                                   [r["output"] for r in ref])
+                mean, ci = _interval(probs.tolist())
+                evals.append({"seed": p.seed, "win_rate": mean, "ci": ci, "per_prompt": [
+                    {"prompt_id": i, "p_win": float(x)} for i, x in enumerate(probs)]})
+            if evals:
+                out["rows"][algo] = {
+                    "per_seed": [{k: e[k] for k in ("seed", "win_rate", "ci")} for e in evals],
+                    "pooled": pooled_win_rate(evals)}
+    return out
 
 
 def head_to_head(comparison: Comparison, done: list[PlannedRun]) -> dict[str, Any]:
@@ -357,6 +397,7 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
                    "eval_max_new_tokens": recipe.eval.max_new_tokens,
                    "eval_samples_per_prompt": recipe.eval.n_samples_per_prompt},
         "rows": rows, "head_to_head": head_to_head(comparison, done),
+        "second_judge": second_judge_rates(comparison, done),
         "ci_level": CI_LEVEL,
     }
 
@@ -417,12 +458,34 @@ def markdown(doc: dict[str, Any]) -> str:
             cell = h2h.get(a, {}).get(b)
             cells.append("—" if a == b or cell is None else _ci_text(cell["win_rate"], cell["ci"]))
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _second_judge_lines(doc)) + "\n"
+
+
+def _second_judge_lines(doc: dict[str, Any]) -> list[str]:
+    """The same win-rates against the reference under the judge the runs did not train on."""
+    second = doc.get("second_judge") or {}
+    if not second:
+        return []
+    seeds = doc["seeds"]
+    lines = ["", "## Second judge", "",
+             f"Judge `{json.dumps(second['judge'])}`, which no run trained on, on the same "
+             "evaluation samples: win-rate against the reference, per seed and pooled as above. "
+             "Reported without a threshold: it shows whether a gain transfers.", "",
+             "| algorithm | " + " | ".join(f"seed {s}" for s in seeds) + " | pooled | |",
+             "|---|" + "---|" * len(seeds) + "---|---|"]
+    for algo, row in second["rows"].items():
+        by_seed = {r["seed"]: r for r in row["per_seed"]}
+        cells = [_ci_text(by_seed[s]["win_rate"], by_seed[s]["ci"]) if s in by_seed else "—"
+                 for s in seeds]
+        pooled = row["pooled"]
+        cells += [_ci_text(pooled["win_rate"], pooled["ci"]), _significance(pooled["ci"])]
+        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    """Left: win-rate against the reference (pooled with CI, one dot per seed). Right: the
-    head-to-head matrix."""
+    """Left: win-rate against the reference (pooled with CI, one dot per seed; green: the
+    second judge, pooled). Right: the head-to-head matrix."""
     from matplotlib.figure import Figure
 
     from nlhf.llm.report import save_png
@@ -438,6 +501,16 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                       fmt="o", color="C0", capsize=4, markersize=7)
         left.scatter([x + 0.15] * len(row["per_seed"]), [s["win_rate"] for s in row["per_seed"]],
                      color="C1", s=14, zorder=3)
+    second = (doc.get("second_judge") or {}).get("rows", {})
+    for x, row in enumerate(rows):
+        if row["algorithm"] in second:
+            p = second[row["algorithm"]]["pooled"]
+            left.errorbar([x - 0.15], [p["win_rate"]], yerr=[[p["win_rate"] - p["ci"][0]],
+                                                            [p["ci"][1] - p["win_rate"]]],
+                          fmt="D", color="C2", capsize=3, markersize=5,
+                          label="second judge (pooled)" if x == 0 else None)
+    if second:
+        left.legend(loc="lower right", fontsize=8)
     left.axhline(0.5, color="grey", lw=0.8, ls="--")
     left.set_xticks(range(len(rows)), [r["algorithm"] for r in rows], rotation=20)
     left.set_ylabel("win-rate vs reference")
