@@ -33,13 +33,15 @@ def write_compare(tmp_path: Path, out: Path, **compare: Any) -> Path:
     return path
 
 
-def run_cli(config: Path, kill_after: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(config: Path, *flags: str,
+            kill_after: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop(KILL_ENV, None)
     if kill_after:
         env[KILL_ENV] = kill_after
     return subprocess.run(
-        [sys.executable, "-m", "nlhf.cli", "compare", "--config", str(config), "--no-progress"],
+        [sys.executable, "-m", "nlhf.cli", "compare", "--config", str(config), "--no-progress",
+         *flags],
         env=env, capture_output=True, text=True, timeout=300,
     )
 
@@ -68,6 +70,10 @@ def test_killed_comparison_resumes_to_the_uninterrupted_result(tmp_path: Path) -
     evaluation = denpo / "eval" / f"{EVAL_NAME}.json"
     stamp, calls = evaluation.stat().st_mtime_ns, judge_calls(denpo)
     assert not (broken / "runs/online-dpo-s0").exists()
+    report = run_cli(config, "--report-only")  # tables from what is evaluated; no training
+    assert report.returncode == 0 and "1 of 2 runs evaluated" in report.stdout, report.stderr
+    assert not (broken / "runs/online-dpo-s0").exists()
+    assert "1 of 2 runs finished" in (broken / "compare.md").read_text()
 
     killed = run_cli(config, kill_after="it1/judge")  # online-dpo, in the middle of its round
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

@@ -238,11 +238,19 @@ def compare(
         list[str] | None, typer.Option("--set", help="override, e.g. compare.seeds=[0]")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="validate and print every run's budget")] = False,
+    report_only: Annotated[bool, typer.Option(
+        help="write the tables from the runs already evaluated; train nothing")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Train and evaluate several algorithms x seeds on one recipe, then judge them head to
     head; resumes where it stopped. Writes compare.md, compare.json and compare.png."""
-    from nlhf.llm.compare import check_existing, format_plan, load_comparison, run_comparison
+    from nlhf.llm.compare import (
+        check_existing,
+        format_plan,
+        load_comparison,
+        run_comparison,
+        write_outputs,
+    )
     from nlhf.llm.config import parse_overrides
 
     comparison = load_comparison(config, parse_overrides(set_ or []))
@@ -251,7 +259,12 @@ def compare(
         typer.echo(format_plan(comparison))
         return
     _writable_output(comparison.out)
-    run_comparison(comparison, progress=progress, echo=typer.echo)
+    if report_only:  # e.g. while another process trains the remaining runs
+        check_existing(comparison)
+        doc = write_outputs(comparison)
+        typer.echo(f"{doc['finished_runs']} of {doc['planned_runs']} runs evaluated")
+    else:
+        run_comparison(comparison, progress=progress, echo=typer.echo)
     typer.echo(f"wrote {comparison.out / 'compare.md'}")
 
 

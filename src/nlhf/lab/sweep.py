@@ -21,7 +21,8 @@ from nlhf.lab.pool import run_jobs
 from nlhf.lab.simulate import RowGaps, play
 from nlhf.lab.tau_fits import fit_growth, fit_log_t, local_slopes
 
-SWEEP_ALGORITHMS = ("inpo", "enpo", "denpo", "denpo-explore", "oracle")  # those that take per-row tau
+# the lab algorithms that take a tau per row (games side by side)
+SWEEP_ALGORITHMS = ("inpo", "enpo", "denpo", "denpo-explore", "oracle")
 
 
 @dataclass(frozen=True)
