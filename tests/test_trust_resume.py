@@ -4,6 +4,7 @@ metrics.jsonl and every adapter; each failure is one line naming the field or fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -102,6 +103,36 @@ def test_hand_edited_config_is_caught(finished: Path, tmp_path: Path) -> None:
     (run / "config.yaml").write_text(text)
     one_line_error(run_cli("train", "--resume", str(run)), "config.yaml",
                    "field 'hparams.tau' was edited", "start a new run_dir")
+
+
+def _as_if_made_before(run: Path, field: str) -> dict[str, Any]:
+    """The run as an older nlhf, which lacked ``hparams.<field>``, wrote it."""
+    fp = json.loads((run / "fingerprint.json").read_text())
+    del fp["fields"][f"hparams.{field}"]
+    canonical = json.dumps(fp["fields"], sort_keys=True, separators=(",", ":"))
+    fp["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    (run / "fingerprint.json").write_text(json.dumps(fp))
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    del raw["hparams"][field]
+    return raw
+
+
+def test_fields_added_by_a_newer_version_do_not_block_resume(finished: Path,
+                                                            tmp_path: Path) -> None:
+    run = copy_run(finished, tmp_path)
+    raw = _as_if_made_before(run, "explore_temperature")
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    proc = run_cli("train", "--resume", str(run), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    added = [e for e in history(run) if e.get("added_fields")]
+    assert added and added[-1]["added_fields"] == ["hparams.explore_temperature"]
+    # Written into config.yaml by hand with another value, it is an edit, not an addition.
+    other = copy_run(finished, tmp_path / "other")
+    raw = _as_if_made_before(other, "explore_temperature")
+    raw["hparams"]["explore_temperature"] = 3.0
+    (other / "config.yaml").write_text(yaml.safe_dump(raw))
+    one_line_error(run_cli("train", "--resume", str(other)), "config.yaml",
+                   "field 'hparams.explore_temperature' was edited")
 
 
 def _truncate_adapter(run: Path) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from nlhf.atomic import write_json_atomic, write_text_atomic
 from nlhf.errors import NLHFInputError
-from nlhf.llm.config import TrainConfig, dump_config, load_config
+from nlhf.llm.config import TrainConfig, dump_config, load_config, read_config_mapping
 from nlhf.llm.rundir import RunDir, read_state
 from nlhf.llm.store import RunStore
 
@@ -130,8 +130,15 @@ def _check_fingerprint(run: RunDir, stored: TrainConfig) -> None:
     if sha == fingerprint(stored):
         return
     now = protected_fields(stored)
-    field = next((k for k in sorted(set(fields) | set(now)) if fields.get(k) != now.get(k)),
-                 "<unknown>")
+    differ = [k for k in sorted(set(fields) | set(now)) if fields.get(k) != now.get(k)]
+    written = _leaves(read_config_mapping(run.config))
+    if differ and all(k not in fields and k not in written for k in differ):
+        # Fields a newer nlhf added, at their defaults: absent from both the fingerprint and
+        # config.yaml, so nobody edited them; the run computes what it did. Record and go on.
+        _history(run, {"event": "fingerprint", "added_fields": differ,
+                       "fingerprint": _write_fingerprint(run, stored)})
+        return
+    field = differ[0] if differ else "<unknown>"
     raise NLHFInputError(
         f"{run.config}: field '{field}' was edited after the run started (was "
         f"{_short(fields.get(field), field)}, now {_short(now.get(field), field)}); restore "
