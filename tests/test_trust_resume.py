@@ -4,7 +4,6 @@ metrics.jsonl and every adapter; each failure is one line naming the field or fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from nlhf.llm.resume import fields_sha256
 from test_cli_train import one_line_error, run_cli, tiny_raw, write_config
 
 ADAPTER = "adapters/iter_1/policy/adapter_model.safetensors"
@@ -109,8 +109,7 @@ def _as_if_made_before(run: Path, field: str) -> dict[str, Any]:
     """The run as an older nlhf, which lacked ``hparams.<field>``, wrote it."""
     fp = json.loads((run / "fingerprint.json").read_text())
     del fp["fields"][f"hparams.{field}"]
-    canonical = json.dumps(fp["fields"], sort_keys=True, separators=(",", ":"))
-    fp["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    fp["sha256"] = fields_sha256(fp["fields"])
     (run / "fingerprint.json").write_text(json.dumps(fp))
     raw = yaml.safe_load((run / "config.yaml").read_text())
     del raw["hparams"][field]

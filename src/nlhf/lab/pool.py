@@ -25,6 +25,11 @@ def pool_context():
     return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
 
 
+def default_workers(n_jobs: int) -> int:
+    """One worker per job, at most one per core."""
+    return min(n_jobs, os.cpu_count() or 1)
+
+
 def run_jobs(
     jobs: Sequence[Job],
     *,
@@ -41,7 +46,7 @@ def run_jobs(
     """
     import multiprocessing as mp
 
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    workers = workers or default_workers(len(jobs))
     order = list(submit_order) if submit_order is not None else list(range(len(jobs)))
     with mp.Manager() as manager:
         queue = manager.Queue()

@@ -7,7 +7,6 @@ once per run, not once per cell; runs go to a process pool as in :mod:`nlhf.lab.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 from nlhf.errors import NLHFInputError
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
 from nlhf.lab.games import needle, regret_curve
-from nlhf.lab.pool import run_jobs
+from nlhf.lab.pool import default_workers, run_jobs
 from nlhf.lab.simulate import RowGaps, play
 from nlhf.lab.tau_fits import fit_growth, fit_log_t, local_slopes
 
@@ -110,7 +109,7 @@ def run_sweep(config: SweepConfig, workers: int | None = None, progress: bool = 
         "sweep": asdict(config),
         "runs": rows,
         "wall_seconds": time.perf_counter() - started,
-        "workers": workers or min(len(cells), os.cpu_count() or 1),
+        "workers": workers or default_workers(len(cells)),
     }
 
 

@@ -294,7 +294,13 @@ def _samples(run: RunDir, side: str = "") -> list[dict[str, str]]:
     return json.loads((run.root / "eval" / f"alpaca_eval_{EVAL_NAME}{side}.json").read_text())
 
 
-def second_judge_rates(comparison: Comparison, done: list[PlannedRun]) -> dict[str, Any]:
+def eval_samples(done: list[PlannedRun]) -> dict[tuple[str, int], list[dict[str, str]]]:
+    """Each finished run's evaluation responses, by (algorithm, seed), read once."""
+    return {(p.algorithm, p.seed): _samples(p.run) for p in done}
+
+
+def second_judge_rates(comparison: Comparison, done: list[PlannedRun],
+                       samples: dict[tuple[str, int], list[dict[str, str]]]) -> dict[str, Any]:
     """Per algorithm: each seed's win-rate against the reference under ``second_judge``, on
     the evaluation's own samples (judge calls only), and the seeds pooled as in the main
     table. Empty when the compare file names no second judge."""
@@ -310,7 +316,7 @@ def second_judge_rates(comparison: Comparison, done: list[PlannedRun]) -> dict[s
         for algo in comparison.section.algorithms:
             evals = []
             for p in (p for p in done if p.algorithm == algo):
-                mine, ref = _samples(p.run), _samples(p.run, "_reference")
+                mine, ref = samples[p.algorithm, p.seed], _samples(p.run, "_reference")
                 probs = judge.prob([r["instruction"] for r in mine], [r["output"] for r in mine],
                                    [r["output"] for r in ref])
                 mean, ci = _interval(probs.tolist())
@@ -323,14 +329,14 @@ def second_judge_rates(comparison: Comparison, done: list[PlannedRun]) -> dict[s
     return out
 
 
-def head_to_head(comparison: Comparison, done: list[PlannedRun]) -> dict[str, Any]:
+def head_to_head(comparison: Comparison, done: list[PlannedRun],
+                 samples: dict[tuple[str, int], list[dict[str, str]]]) -> dict[str, Any]:
     """Each algorithm's final policy against every other, seed by seed on the same prompts;
     cell [a][b] is a's win-rate over b, pooled over the seeds where both finished."""
     from nlhf.llm.judges import CachedJudge, make_judge
     from nlhf.llm.store import RunStore
 
     by_key = {(p.algorithm, p.seed): p for p in done}
-    samples = {key: _samples(p.run) for key, p in by_key.items()}  # read each file once
     algos = list(comparison.section.algorithms)
     judge_spec = comparison.recipe.judge
     cells: dict[str, dict[str, Any]] = {}
@@ -363,6 +369,7 @@ def head_to_head(comparison: Comparison, done: list[PlannedRun]) -> dict[str, An
 def summarise(comparison: Comparison) -> dict[str, Any]:
     """Everything the report shows, as plain data (also written as compare.json)."""
     done = finished(comparison)
+    samples = eval_samples(done)
     rows = []
     for algo in comparison.section.algorithms:
         mine = [p for p in done if p.algorithm == algo]
@@ -396,8 +403,8 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
                    "heldout": recipe.data.heldout,
                    "eval_max_new_tokens": recipe.eval.max_new_tokens,
                    "eval_samples_per_prompt": recipe.eval.n_samples_per_prompt},
-        "rows": rows, "head_to_head": head_to_head(comparison, done),
-        "second_judge": second_judge_rates(comparison, done),
+        "rows": rows, "head_to_head": head_to_head(comparison, done, samples),
+        "second_judge": second_judge_rates(comparison, done, samples),
         "ci_level": CI_LEVEL,
     }
 

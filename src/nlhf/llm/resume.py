@@ -72,10 +72,15 @@ def protected_fields(cfg: TrainConfig) -> dict[str, Any]:
             if not _is(k, SAFE_ON_RESUME + IGNORED)}
 
 
-def fingerprint(cfg: TrainConfig) -> str:
-    """sha256 of the protected fields, canonical JSON."""
-    text = json.dumps(protected_fields(cfg), sort_keys=True, separators=(",", ":"))
+def fields_sha256(fields: dict[str, Any]) -> str:
+    """sha256 of {dotted field: value}, canonical JSON: what ``fingerprint.json`` stores."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(cfg: TrainConfig) -> str:
+    """sha256 of the protected fields."""
+    return fields_sha256(protected_fields(cfg))
 
 
 def _history(run: RunDir, event: dict[str, Any]) -> None:
