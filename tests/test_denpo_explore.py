@@ -9,18 +9,8 @@ from scipy.special import log_softmax
 
 from nlhf import losses
 from nlhf.lab.algorithms import ALGORITHMS, LabSettings
-from nlhf.lab.algorithms.base import newton_minimise
 from nlhf.lab.games import gap_per_context, needle
-from test_losses import _pairs
-
-
-def _fit(objective, start, *data):
-    center = torch.as_tensor(start)
-
-    def full(theta, *d):
-        return objective(theta, *d) + 1e-13 * ((theta - center) ** 2).sum()
-
-    return newton_minimise(full, start[None, None], tuple(x[None] for x in data))[0, 0]
+from test_losses import _fit, _pairs
 
 
 @pytest.mark.parametrize(("s", "temperature"), [(1.0, 2.0), (1.0, 4.0), (-1.0, 1.5), (0.5, 1.0)])
@@ -38,8 +28,8 @@ def test_minimiser_is_the_tilted_tempered_adversary(s, temperature):
     old_t = torch.as_tensor(old)
 
     def objective(theta, a, b, weight, label, old_t):
-        lp = torch.log_softmax(theta[0], -1)
-        pairs = losses.Pairs(lp[a], lp[b], old_a=old_t[a], old_b=old_t[b], weight=weight)
+        lp = torch.log_softmax(theta, -1)
+        pairs = losses.Pairs(lp[..., a], lp[..., b], old_a=old_t[a], old_b=old_t[b], weight=weight)
         return losses.denpo_explore_step_b_loss(pairs, beta=beta, temperature=temperature,
                                                 label=label)
 

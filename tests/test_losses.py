@@ -31,14 +31,18 @@ def _pairs(K):
 
 
 def _fit(objective, start, *data):
-    """Minimise objective(theta (1,K), *data) + tiny ridge; returns log pi (K,)."""
+    """Minimise objective(theta (..., K), *data) + tiny ridge; returns log pi (K,).
+
+    ``objective`` returns one value per leading index (the Newton points of a pass)."""
 
     center = torch.as_tensor(start)
 
-    def full(theta, *d):
-        return objective(theta, *d) + RIDGE * ((theta - center) ** 2).sum()
+    def full(theta):  # theta (..., B=1, C=1, K) -> (..., 1)
+        logits = theta[..., 0, 0, :]
+        value = objective(logits, *data) + RIDGE * ((logits - center) ** 2).sum(-1)
+        return value[..., None]
 
-    return newton_minimise(full, start[None, None], tuple(x[None] for x in data))[0, 0]
+    return newton_minimise(full, start[None, None], ())[0, 0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -53,8 +57,8 @@ def test_inpo_minimiser_is_the_omd_step(seed):
     ref_t, old_t = torch.as_tensor(np.log(ref)), torch.as_tensor(old)
 
     def objective(theta, a, b, weight, ref_t, old_t):
-        lp = torch.log_softmax(theta[0], -1)
-        pairs = losses.Pairs(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
+        lp = torch.log_softmax(theta, -1)
+        pairs = losses.Pairs(lp[..., a], lp[..., b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
         return losses.inpo_loss(pairs, eta=ETA, tau=TAU)
 
     fitted = _fit(objective, old, a, b, weight, ref_t, old_t)
@@ -75,8 +79,8 @@ def test_enpo_step_a_minimiser_is_the_omd_step_for_any_pair_distribution(alpha):
     ref_t, old_t = torch.as_tensor(np.log(ref)), torch.as_tensor(old)
 
     def objective(theta, a, b, weight, score, ref_t, old_t):
-        lp = torch.log_softmax(theta[0], -1)
-        pairs = losses.Pairs(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
+        lp = torch.log_softmax(theta, -1)
+        pairs = losses.Pairs(lp[..., a], lp[..., b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
         return losses.enpo_step_a_loss(pairs, score[a] - score[b], eta=ETA, tau=TAU, alpha=alpha)
 
     fitted = _fit(objective, old, a, b, weight, score, ref_t, old_t)
@@ -110,8 +114,8 @@ def test_denpo_step_b_minimiser_is_the_tilted_adversary(s):
     old_t = torch.as_tensor(old)
 
     def objective(theta, a, b, weight, label, old_t):
-        lp = torch.log_softmax(theta[0], -1)
-        pairs = losses.Pairs(lp[a], lp[b], old_a=old_t[a], old_b=old_t[b], weight=weight)
+        lp = torch.log_softmax(theta, -1)
+        pairs = losses.Pairs(lp[..., a], lp[..., b], old_a=old_t[a], old_b=old_t[b], weight=weight)
         return losses.denpo_step_b_loss(pairs, beta=beta, label=label)
 
     fitted = _fit(objective, old, a, b, weight, label, old_t)
@@ -130,8 +134,8 @@ def test_nash_md_minimiser_is_the_mirror_step_from_the_mixture():
     ref_t, old_t = torch.as_tensor(np.log(ref)), torch.as_tensor(old)
 
     def objective(theta, a, b, weight, ref_t, old_t):
-        lp = torch.log_softmax(theta[0], -1)
-        pairs = losses.Pairs(lp[a], lp[b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
+        lp = torch.log_softmax(theta, -1)
+        pairs = losses.Pairs(lp[..., a], lp[..., b], ref_t[a], ref_t[b], old_t[a], old_t[b], weight)
         return losses.nash_md_loss(pairs, eta=ETA, tau=TAU)
 
     fitted = _fit(objective, old, a, b, weight, ref_t, old_t)

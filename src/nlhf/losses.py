@@ -2,9 +2,11 @@
 
 The same functions drive the tabular policies of the lab and the language models of the
 trainer. A loss takes one named input, :class:`Pairs` (or :class:`Samples` for losses on
-single responses), and its hyper-parameters by keyword. Fields are 1-D tensors with one entry
-per pair (or sample): ``policy_*`` are sums of token log-probs of the response (EOS included)
-under the trained policy, ``ref_*`` under pi_ref, ``old_*`` under the current iterate pi_t.
+single responses), and its hyper-parameters by keyword. Fields are tensors with one entry per
+pair (or sample) on the last axis; leading axes batch independent losses (the lab's rows and
+Newton points), and hyper-parameters given as tensors broadcast against them. ``policy_*``
+are sums of token log-probs of the response (EOS included) under the trained policy, ``ref_*``
+under pi_ref, ``old_*`` under the current iterate pi_t.
 ``weight`` (optional, ≥ 0) turns the mean into a weighted mean, so exact expectations (tabular
 lab, tests) and count-aggregated buffers use the very same code as sampled minibatches.
 ``norm`` (optional) replaces the mean's denominator (the weights' sum, or the count): a
@@ -65,19 +67,20 @@ class Samples:
 
 
 def _mean(values: Tensor, weight: Tensor | None, norm: Norm = None) -> Tensor:
-    total = values.sum() if weight is None else (values * weight).sum()
+    """The (weighted) mean over the last axis: leading axes are batches of losses."""
+    total = values.sum(-1) if weight is None else (values * weight).sum(-1)
     if norm is not None:
         return total / norm
     if weight is None:
-        return values.mean()
-    return total / weight.sum().clamp_min(1e-12)
+        return values.mean(-1)
+    return total / weight.sum(-1).clamp_min(1e-12)
 
 
 def check_step_sizes(eta: float | Tensor, tau: float | Tensor) -> None:
     """The OMD family needs 0 < tau < eta (eta is the inverse step size).
 
-    Tensor values (one tau and eta per row of a vectorised tabular sweep, seen inside vmap)
-    cannot be branched on here; the caller checks them before the loop.
+    Tensor values (one tau and eta per row of a vectorised tabular sweep) cannot be branched
+    on here; the caller checks them before the loop.
     """
     if isinstance(eta, Tensor) or isinstance(tau, Tensor):
         return
@@ -123,7 +126,7 @@ def enpo_step_a_loss(pairs: Pairs, score_gap: Tensor, *, eta: float, tau: float,
     check_step_sizes(eta, tau)
     h = omd_log_ratio(pairs, eta=eta, tau=tau)
     loss = pairs.mean((h - score_gap / eta) ** 2)
-    if alpha and fresh is not None and len(fresh.policy):
+    if alpha and fresh is not None and fresh.policy.shape[-1]:
         loss = loss - alpha * fresh.mean(fresh.policy)
     return loss
 

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nlhf.lab.algorithms.base import LabSettings, TabularAlgorithm, newton_minimise, sample_from
+from nlhf.lab.algorithms.base import (
+    LabSettings,
+    TabularAlgorithm,
+    as_rows,
+    newton_minimise,
+    ridge,
+    sample_from,
+    take,
+)
 from nlhf.lab.games.game import Game
 from nlhf.losses import Pairs, Samples, online_dpo_loss, online_ipo_loss, sppo_loss, xpo_loss
 
@@ -60,10 +68,11 @@ class _DuelCountsAlgorithm(TabularAlgorithm):
             lp = torch.log_softmax(theta, -1)
             # the opponent's view first: autograd then sums the gradients in the order it
             # always did, so XPO's trajectories stay bit-identical
-            opponent = Samples(lp.reshape(-1), weight=opp_weight)
-            pairs = Pairs(lp[c, wi], lp[c, li], ref[c, wi], ref[c, li], weight=weight)
+            opponent = Samples(lp.flatten(-2), weight=opp_weight)
+            pairs = Pairs(lp[..., c, wi], lp[..., c, li], ref[..., c, wi], ref[..., c, li],
+                          weight=weight)
             value = pair_loss(pairs, opponent)
-            return value + st.ridge * ((theta - old) ** 2).sum()
+            return value + ridge(theta, old, st.ridge)
 
         data = (*self.tensors(self.log_ref, self.logp), weights, opp_w)
         self.logp = newton_minimise(objective, self.logp, data)
@@ -114,9 +123,9 @@ class SPPO(TabularAlgorithm):
         def objective(theta, ctx, y, win_rate, old, eta):
             lp = torch.log_softmax(theta, -1)
             return (
-                sppo_loss(Samples(lp[ctx, y], old[ctx, y]), win_rate, eta=eta)
-                + st.ridge * ((theta - old) ** 2).sum()
+                sppo_loss(Samples(take(lp, ctx, y), take(old, ctx, y)), win_rate, eta=eta)
+                + ridge(theta, old, st.ridge)
             )
 
-        data = self.tensors(ctx, y, win_rate, self.logp, eta)
+        data = self.tensors(ctx, y, win_rate, self.logp, as_rows(eta, 2))
         self.logp = newton_minimise(objective, self.logp, data)

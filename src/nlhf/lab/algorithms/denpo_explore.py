@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.special import log_softmax
 
-from nlhf.lab.algorithms.base import newton_minimise, sample_from
+from nlhf.lab.algorithms.base import newton_minimise, ridge, sample_from, take
 from nlhf.lab.algorithms.enpo import DENPO
+from nlhf.lab.numerics import log_softmax
 from nlhf.losses import Pairs, denpo_explore_step_b_loss, step_b_soft_label
 
 
@@ -64,14 +64,15 @@ class DENPOExplore(DENPO):
         label = step_b_soft_label(
             torch.as_tensor(gain[seeds, cc, a]), torch.as_tensor(gain[seeds, cc, b]), s=st.s
         )
-        def objective(theta, ctx, a, b, label, old, prior):
+        def objective(theta, ctx, a, b, label, old_a, old_b, prior):
             lp = torch.log_softmax(theta, -1)
-            pairs = Pairs(lp[ctx, a], lp[ctx, b], old_a=old[ctx, a], old_b=old[ctx, b])
+            pairs = Pairs(take(lp, ctx, a), take(lp, ctx, b), old_a=old_a, old_b=old_b)
             value = denpo_explore_step_b_loss(pairs, beta=st.beta, temperature=T_e, label=label)
             # The DPO loss's curvature in the logits is ∝ beta²; an unscaled ridge (DENPO's)
             # outweighs it at beta = 0.05 and pins the adversary to its prior.
-            return value + st.ridge * st.beta**2 * ((theta - prior) ** 2).sum()
+            return value + ridge(theta, prior, st.ridge * st.beta**2)
 
         # prior: responses no pair reaches keep the tempered pi_t
-        data = (*self.tensors(cc, a, b), label, *self.tensors(self.logp, hot))
+        fixed = [take(self.logp, cc, y) for y in (a, b)]
+        data = (*self.tensors(cc, a, b), label, *self.tensors(*fixed, hot))
         self.adv_logp = newton_minimise(objective, hot, data)

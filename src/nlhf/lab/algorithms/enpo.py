@@ -17,9 +17,12 @@ import torch
 from nlhf.lab.algorithms.base import (
     LabSettings,
     TabularAlgorithm,
+    as_rows,
     newton_minimise,
     omd_prior,
+    ridge,
     sample_from,
+    take,
 )
 from nlhf.lab.algorithms.buffer import PairBuffer
 from nlhf.lab.algorithms.exploration import EllipticalOracle
@@ -68,17 +71,17 @@ class ENPO(TabularAlgorithm):
         eta, tau = self.eta, self.tau
         prior = omd_prior(self.logp, self.log_ref, tau, eta)
 
-        def objective(theta, ctx, a, b, sa, sb, fctx, fresh, ref, old, prior, eta, tau):
+        def objective(theta, ctx, a, b, gap, fctx, fresh, ref_a, ref_b, old_a, old_b, prior,
+                      eta, tau):
             lp = torch.log_softmax(theta, -1)
-            pairs = Pairs(lp[ctx, a], lp[ctx, b], ref[ctx, a], ref[ctx, b],
-                          old[ctx, a], old[ctx, b])
-            value = enpo_step_a_loss(pairs, sa - sb, eta=eta, tau=tau, alpha=st.alpha,
-                                     fresh=Samples(lp[fctx, fresh]))
-            return value + st.ridge * ((theta - prior) ** 2).sum()
+            pairs = Pairs(take(lp, ctx, a), take(lp, ctx, b), ref_a, ref_b, old_a, old_b)
+            value = enpo_step_a_loss(pairs, gap, eta=eta, tau=tau, alpha=st.alpha,
+                                     fresh=Samples(take(lp, fctx, fresh)))
+            return value + ridge(theta, prior, st.ridge)
 
-        data = self.tensors(
-            ctx, a, b, score_a, score_b, fresh_ctx, fresh, self.log_ref, self.logp, prior, eta, tau
-        )
+        fixed = [take(table, ctx, y) for table in (self.log_ref, self.logp) for y in (a, b)]
+        data = self.tensors(ctx, a, b, score_a - score_b, fresh_ctx, fresh, *fixed, prior,
+                            as_rows(eta, 2), as_rows(tau, 2))
         return newton_minimise(objective, prior, data, quadratic=st.alpha == 0)
 
     def step_b(self, new_logp: np.ndarray) -> None:
@@ -119,11 +122,12 @@ class DENPO(ENPO):
             torch.as_tensor(gain[seeds, ctx, u1]), torch.as_tensor(gain[seeds, ctx, u2]), s=st.s
         )
 
-        def objective(theta, ctx, u1, u2, label, old):
+        def objective(theta, ctx, u1, u2, label, old_1, old_2, old):
             lp = torch.log_softmax(theta, -1)
-            pairs = Pairs(lp[ctx, u1], lp[ctx, u2], old_a=old[ctx, u1], old_b=old[ctx, u2])
+            pairs = Pairs(take(lp, ctx, u1), take(lp, ctx, u2), old_a=old_1, old_b=old_2)
             value = denpo_step_b_loss(pairs, beta=st.beta, label=label)
-            return value + st.ridge * ((theta - old) ** 2).sum()
+            return value + ridge(theta, old, st.ridge)
 
-        data = (*self.tensors(ctx, u1, u2), label, *self.tensors(self.logp))
+        fixed = [take(self.logp, ctx, u) for u in (u1, u2)]
+        data = (*self.tensors(ctx, u1, u2), label, *self.tensors(*fixed, self.logp))
         self.adv_logp = newton_minimise(objective, self.logp, data)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nlhf.lab.algorithms.base import TabularAlgorithm, newton_minimise, omd_prior, sample_from
+from nlhf.lab.algorithms.base import (
+    TabularAlgorithm,
+    as_rows,
+    newton_minimise,
+    omd_prior,
+    ridge,
+    sample_from,
+    take,
+)
 from nlhf.losses import Pairs, inpo_loss
 
 
@@ -30,12 +38,11 @@ class INPO(TabularAlgorithm):
         prior = omd_prior(self.logp, self.log_ref, tau, eta)
         loss = self.loss
 
-        def objective(theta, ctx, w, l, ref, old, prior, eta, tau):
+        def objective(theta, ctx, w, l, ref_w, ref_l, old_w, old_l, prior, eta, tau):
             lp = torch.log_softmax(theta, -1)
-            pairs = Pairs(lp[ctx, w], lp[ctx, l], ref[ctx, w], ref[ctx, l],
-                          old[ctx, w], old[ctx, l])
-            value = loss(pairs, eta=eta, tau=tau)
-            return value + st.ridge * ((theta - prior) ** 2).sum()
+            pairs = Pairs(take(lp, ctx, w), take(lp, ctx, l), ref_w, ref_l, old_w, old_l)
+            return loss(pairs, eta=eta, tau=tau) + ridge(theta, prior, st.ridge)
 
-        data = self.tensors(ctx, w, l, self.log_ref, self.logp, prior, eta, tau)
+        fixed = [take(table, ctx, y) for table in (self.log_ref, self.logp) for y in (w, l)]
+        data = self.tensors(ctx, w, l, *fixed, prior, as_rows(eta, 2), as_rows(tau, 2))
         self.logp = newton_minimise(objective, prior, data, quadratic=True)

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.special import log_softmax
 
 from nlhf.lab.algorithms.base import LabSettings, TabularAlgorithm, as_rows, sample_from
 from nlhf.lab.games.game import Game
 from nlhf.lab.games.solver import solve_zero_sum
+from nlhf.lab.numerics import log_softmax
 
 
 class MinimaxOracle(TabularAlgorithm):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_softmax
 
 from nlhf.lab.algorithms.base import TabularAlgorithm, as_rows, stack_games
+from nlhf.lab.numerics import log_softmax
 
 
 def omd_step(logp: np.ndarray, log_ref: np.ndarray, P: np.ndarray, tau, eta):

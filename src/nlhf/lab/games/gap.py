@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp, xlogy
+from scipy.special import xlogy
 
 from nlhf.lab.games.game import Game
+from nlhf.lab.numerics import logsumexp
 
 
 def gap_per_context(P, ref, tau, pi) -> np.ndarray:

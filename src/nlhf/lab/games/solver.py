@@ -9,7 +9,8 @@ stable down to tau = 0.01 (tests cover it).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_softmax, softmax
+
+from nlhf.lab.numerics import log_softmax, softmax
 
 
 def _best_response_logits(P: np.ndarray, log_ref: np.ndarray, tau: np.ndarray, pi: np.ndarray):
