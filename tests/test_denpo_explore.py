@@ -63,14 +63,16 @@ def test_denpo_explore_regret_is_below_inpos_on_a_needle():
     assert regret["denpo-explore"] < 0.8 * regret["inpo"], regret
 
 
-def test_llm_denpo_explore_runs_one_iteration(tmp_path):
+@pytest.mark.parametrize("sampling", ["response", "token"])
+def test_llm_denpo_explore_runs_one_iteration(tmp_path, sampling):
     import json
 
     from nlhf.llm.loop import train
     from test_train import lora_b_norm, tiny_config
 
     cfg = tiny_config(tmp_path, "denpo-explore", iterations=1,
-                      hparams={"explore_temperature": 2.0, "pairs_per_prompt": 2})
+                      hparams={"explore_temperature": 2.0, "pairs_per_prompt": 2,
+                               "explore_sampling": sampling})
     run = train(cfg, progress=False)
     assert lora_b_norm(run / "adapters/iter_1/policy") > 0
     assert lora_b_norm(run / "adapters/iter_1/adversary") > 0
@@ -79,10 +81,40 @@ def test_llm_denpo_explore_runs_one_iteration(tmp_path):
     assert np.isfinite(m["step_b_loss"]) and np.isfinite(m["step_a_loss"])
 
 
-def test_plan_counts_the_tempered_candidates(tmp_path):
+@pytest.mark.parametrize(("sampling", "per_pair"), [("response", 4), ("token", 2)])
+def test_plan_counts_the_tempered_candidates(tmp_path, sampling, per_pair):
     from nlhf.llm.plan import per_prompt_counts
     from test_train import tiny_config
 
-    counts = per_prompt_counts(tiny_config(tmp_path, "denpo-explore"))
-    assert counts["generations"]["explore (~ pi_t)"] == 2  # u, u' per pair
-    assert counts["generations_total"] == 1 + 2 + 1 + 2  # y, z x 2, y', u x 2
+    cfg = tiny_config(tmp_path, "denpo-explore", hparams={"explore_sampling": sampling})
+    counts = per_prompt_counts(cfg)
+    assert counts["generations"]["explore (~ pi_t)"] == per_pair  # candidates of u, u'
+    assert counts["generations_total"] == 1 + 2 + 1 + per_pair  # y, z x 2, y', candidates
+
+
+@pytest.mark.parametrize("temperature", [2.0, 4.0])
+def test_tempered_resample_draws_from_the_tempered_policy(temperature):
+    """One pick from a large pool of pi's samples is distributed as pi^{1/T_e}/Z."""
+    from nlhf.llm.algorithms.denpo_explore import tempered_resample
+
+    pi = np.array([0.6, 0.25, 0.1, 0.04, 0.01])
+    target = pi ** (1 / temperature) / (pi ** (1 / temperature)).sum()
+    rng = np.random.default_rng(0)
+    draws, pool_size = 20000, 200
+    counts = np.zeros(len(pi))
+    for _ in range(draws):
+        pool = rng.choice(len(pi), size=pool_size, p=pi)
+        counts[pool[tempered_resample(np.log(pi[pool]), temperature, rng, n=1)[0]]] += 1
+    freq = counts / draws
+    # sampling error sd ≤ 0.0035 per entry; self-normalised resampling's bias is O(1/pool)
+    np.testing.assert_allclose(freq, target, atol=0.015)
+    assert abs(freq[-1] - pi[-1]) > 5 * 0.0035  # and it is not pi itself: the rare one rises
+
+
+def test_tempered_resample_picks_distinct_samples():
+    from nlhf.llm.algorithms.denpo_explore import tempered_resample
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        a, b = tempered_resample(np.log(rng.dirichlet(np.ones(4))), 2.0, rng)
+        assert a != b

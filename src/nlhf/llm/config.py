@@ -97,6 +97,15 @@ class HParams(_Strict):
     explore_temperature: Float = Field(
         2.0, ge=1, le=MAX_TEMPERATURE,
         description="DENPO-explore: T_e of Step B's fresh candidates and its pi_t^{1/T_e} anchor")
+    explore_sampling: Literal["response", "token"] = Field(
+        "response",
+        description="DENPO-explore: how candidates come from pi_t^{1/T_e}: 'response' resamples "
+        "temperature-1 samples with weights pi_t(u)^{1/T_e - 1} (whole responses, as the lab); "
+        "'token' samples each token at T_e (on a 135M model: word salad, docs/trainer.md)")
+    explore_candidates: Int = Field(
+        4, ge=2, le=MAX_COUNT,
+        description="DENPO-explore, response sampling: temperature-1 samples per pair that "
+        "u, u' are resampled from")
     step_b_labels: Literal["hard", "soft"] = Field(
         "hard",
         description="DENPO Step B labels: 'hard' (the paper's winner/loser pairs) or 'soft' "

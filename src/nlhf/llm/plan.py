@@ -109,6 +109,9 @@ class PlanRound:
         self.comparisons += sum(len(comparisons(data, q)) for q in questions)
         return [np.full(answer_shape(data, q), 0.5) for q in questions]
 
+    def seed(self, name: str) -> int:
+        return 0
+
     def score(self, data: RoundData, role: str, idx: Sequence[int], model: str) -> torch.Tensor:
         self.scored += len(idx)
         return torch.zeros(len(idx))
