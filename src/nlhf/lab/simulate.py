@@ -241,12 +241,11 @@ def paper_claims_experiment(command: str = "") -> Experiment:
     at these sizes, is paid once (docs/claims.md, "Lab speed").
     """
     base = LabSettings(tau=0.1, pairs=8)
-    specs = side_by_side(build_specs(
-        ["needle"], ["inpo", "enpo", "denpo", "oracle"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25
-    ))
-    specs += side_by_side(
-        build_specs(["gbpm", "cyclic"], ["enpo"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25)
-    )
+    specs = side_by_side(
+        build_specs(["needle"], ["inpo", "enpo", "denpo", "oracle"], [0.1, 0.025], 1000, 3,
+                    base, K=8, c=0.25)
+        + build_specs(["gbpm", "cyclic"], ["enpo"], [0.1, 0.025], 1000, 3, base, K=8, c=0.25)
+    )  # one run per algorithm: ENPO plays its six games side by side
     return Experiment(specs, command, {"preset": "paper-claims"})
 
 
