@@ -328,3 +328,23 @@ def test_plan_reads_local_config_json(tmp_path: Path) -> None:
     )
     plan = make_plan(TrainConfig(model={"name": str(tmp_path)}))
     assert plan["memory"]["params"] == 134_515_008
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "hparams", "expected"),
+    [("denpo-explore", None, "token"),  # written before the key existed: tokens were tempered
+     ("denpo-explore", {"explore_sampling": "response"}, "response"),
+     ("denpo-explore", {"eta": 0.1}, "token"),
+     ("denpo", None, "response")],
+)
+def test_a_saved_run_config_keeps_what_older_versions_ran(tmp_path, algorithm, hparams, expected):
+    from nlhf.llm.config import load_run_config
+
+    raw = {"run_dir": str(tmp_path / "run"), "algorithm": algorithm}
+    if hparams is not None:
+        raw["hparams"] = hparams
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_run_config(path).hparams.explore_sampling == expected
+    assert load_config(path).hparams.explore_sampling == (  # a user's config: today's default
+        hparams or {}).get("explore_sampling", "response")

@@ -205,7 +205,7 @@ def train(
                                                   "memory per GPU assumes")] = 1,
 ) -> None:
     """Train a language model with DENPO (practical ENPO) or a baseline."""
-    from nlhf.llm.config import load_config, parse_overrides
+    from nlhf.llm.config import load_config, load_run_config, parse_overrides
 
     overrides = parse_overrides(set_ or [])
     if resume is not None:
@@ -214,7 +214,8 @@ def train(
         cfg_path = resume / "config.yaml"
         if not cfg_path.is_file():
             raise NLHFInputError(f"--resume: {cfg_path} not found; is {resume} a run directory?")
-        cfg = load_config(config or cfg_path, {**overrides, "run_dir": str(resume)})
+        load = load_config if config is not None else load_run_config
+        cfg = load(config or cfg_path, {**overrides, "run_dir": str(resume)})
     elif config is not None:
         cfg = load_config(config, overrides)
     else:

@@ -149,9 +149,9 @@ def load_comparison(path: str | Path, overrides: dict[str, Any] | None = None) -
 
 def _same_recipe(planned: TrainConfig, saved: Path) -> bool:
     """A run directory made by this comparison: its config.yaml equals the planned one."""
-    from nlhf.llm.config import load_config
+    from nlhf.llm.config import load_run_config
 
-    have = load_config(saved, {"run_dir": str(saved.parent)}).model_dump(mode="json")
+    have = load_run_config(saved, {"run_dir": str(saved.parent)}).model_dump(mode="json")
     want = planned.model_copy(update={"run_dir": str(saved.parent)}).model_dump(mode="json")
     return have == want
 

@@ -416,6 +416,24 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     return config_from_mapping(read_config_mapping(path), overrides, str(path))
 
 
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A run's saved ``config.yaml``: as :func:`load_config`, except that a key an older nlhf
+    did not write takes the value that version ran with, where today's default differs
+    (:func:`with_legacy_values`), so resuming or comparing an old run never changes what it
+    computes."""
+    raw = with_legacy_values(read_config_mapping(path))
+    return config_from_mapping(raw, overrides, str(path))
+
+
+def with_legacy_values(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with the values older runs used for keys added later with another default."""
+    hparams = raw.get("hparams")
+    if raw.get("algorithm") == "denpo-explore" and (hparams is None or isinstance(hparams, dict)):
+        # explore_sampling arrived with 'response' as its default; before, tokens were tempered
+        return {**raw, "hparams": {"explore_sampling": "token", **(hparams or {})}}
+    return raw
+
+
 def config_from_mapping(raw: dict[str, Any], overrides: dict[str, Any] | None = None,
                         source: str = "<config>") -> TrainConfig:
     """Validate a raw config mapping after dotted ``overrides``; errors name ``source``."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from nlhf.atomic import write_json_atomic, write_text_atomic
 from nlhf.errors import NLHFInputError
-from nlhf.llm.config import TrainConfig, dump_config, load_config, read_config_mapping
+from nlhf.llm.config import TrainConfig, dump_config, load_run_config, read_config_mapping
 from nlhf.llm.rundir import RunDir, read_state
 from nlhf.llm.store import RunStore
 
@@ -162,7 +162,7 @@ def _changes(stored: TrainConfig, requested: TrainConfig) -> dict[str, tuple[Any
 def verify_resume(run: RunDir, requested: TrainConfig) -> TrainConfig:
     """The config to continue ``run`` with, after every check of this module; raises
     NLHFInputError with one line. Safe changes are written to config.yaml and history."""
-    stored = load_config(run.config)
+    stored = load_run_config(run.config)
     _check_fingerprint(run, stored)
     changed = _changes(stored, requested)
     for field, (old, new) in changed.items():

@@ -97,9 +97,9 @@ class RunDir:
     @cached_property
     def cfg(self) -> TrainConfig:
         """The run's resolved config (``config.yaml``)."""
-        from nlhf.llm.config import load_config
+        from nlhf.llm.config import load_run_config
 
-        return load_config(self.config)
+        return load_run_config(self.config)
 
     @cached_property
     def iterations(self) -> tuple[int, ...]:
