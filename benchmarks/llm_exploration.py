@@ -214,7 +214,7 @@ def plot_final(final: Path, out: Path) -> None:
         ax.axhspan(lo, hi, color="grey", alpha=0.15, label="reference, Wilson 95%")
         ax.axhline(ref["hits"] / ref["n"], color="grey", lw=1)
         ax.legend(fontsize=8)
-    ax.set_xticks(range(len(by_algo)), list(by_algo))
+    ax.set_xticks(range(len(by_algo)), list(by_algo), rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("rate in the final iterate's samples")
     ax.set_title("final iterate (k = 3), pooled over seeds, Wilson 95%", fontsize=10)
     fig.tight_layout()
