@@ -425,13 +425,20 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     return config_from_mapping(raw, overrides, str(path))
 
 
+#: (algorithm, hparams key) -> the value runs made before the key existed computed with,
+#: where the key's default today is another one. explore_sampling arrived on 2026-12-04 with
+#: 'response' as its default; denpo-explore runs before then tempered each token.
+LEGACY_HPARAMS: dict[tuple[str, str], Any] = {("denpo-explore", "explore_sampling"): "token"}
+
+
 def with_legacy_values(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with the values older runs used for keys added later with another default."""
-    hparams = raw.get("hparams")
-    if raw.get("algorithm") == "denpo-explore" and (hparams is None or isinstance(hparams, dict)):
-        # explore_sampling arrived with 'response' as its default; before, tokens were tempered
-        return {**raw, "hparams": {"explore_sampling": "token", **(hparams or {})}}
-    return raw
+    hparams = raw.get("hparams") or {}
+    legacy = {key: value for (algo, key), value in LEGACY_HPARAMS.items()
+              if algo == raw.get("algorithm")}
+    if not legacy or not isinstance(hparams, dict):
+        return raw  # nothing to add (a malformed section is validation's to report)
+    return {**raw, "hparams": {**legacy, **hparams}}
 
 
 def config_from_mapping(raw: dict[str, Any], overrides: dict[str, Any] | None = None,
