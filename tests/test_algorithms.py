@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from nlhf.lab.algorithms import ALGORITHMS, ENPO, OMD, LabSettings
+from nlhf.lab.algorithms.base import memory_prior, omd_prior
 from nlhf.lab.algorithms.buffer import PairBuffer
 from nlhf.lab.algorithms.exploration import EllipticalOracle
+from nlhf.lab.algorithms.omd import omd_step
 from nlhf.lab.games import gap, gbpm, needle, solve_nash
 
 
@@ -82,6 +84,42 @@ def test_enpo_finds_the_needle_that_inpo_misses():
         final[name] = algo.policy[:, 0, 0]
     assert (final["enpo"] > 0.9).all()
     assert (final["inpo"] < 1e-3).all()
+
+
+def test_memory_prior_is_the_omd_step_under_the_remembered_labels():
+    game = gbpm(6, contexts=2, tau=0.1, seed=1)
+    rng = np.random.default_rng(0)
+    logp = np.log(rng.dirichlet(np.ones(6), size=(1, 2)))
+    log_ref = np.log(game.ref)[None]
+    tau, eta = 0.1, 0.6
+    nothing = np.full_like(logp, np.nan)
+    assert np.allclose(memory_prior(logp, log_ref, tau, eta, nothing),
+                       omd_prior(logp, log_ref, tau, eta), atol=1e-12)
+    # Every response labelled with its exact win-rate against pi_t: the exact OMD step
+    # (a constant offset of the labels cancels in the normalisation).
+    wins = np.einsum("cij,bcj->bci", game.P, np.exp(logp))
+    exact = omd_step(logp, log_ref, game.P[None], tau, eta)
+    assert np.allclose(memory_prior(logp, log_ref, tau, eta, wins), exact, atol=1e-12)
+    # Part labelled: an unlabelled response moves as OMD's zero-advantage step does, a
+    # labelled one by its advantage over pi_t, which ties itself: label − 1/2.
+    part = wins.copy()
+    part[..., 3:] = np.nan
+    got = memory_prior(logp, log_ref, tau, eta, part)
+    prior = omd_prior(logp, log_ref, tau, eta)
+    shift = got - prior  # log-normaliser difference (per context) + advantage / eta
+    assert np.allclose(shift[..., 3:], shift[..., 3:4])
+    assert np.allclose(shift[..., :3] - shift[..., 3:4], (wins[..., :3] - 0.5) / eta)
+
+
+def test_enpo_memory_prior_remembers_labels_and_rejects_unknown_priors():
+    game = needle(6, 0.25, 0.1)
+    algo = ENPO(game, LabSettings(tau=0.1, step_a_prior="memory"), 2, seed=0)
+    for _ in range(5):
+        algo.run_round()
+    seen = ~np.isnan(algo.labels)
+    assert seen.any() and ((algo.labels[seen] >= 0) & (algo.labels[seen] <= 1)).all()
+    with pytest.raises(ValueError, match="step_a_prior must be 'omd' or 'memory'"):
+        ENPO(game, LabSettings(tau=0.1, step_a_prior="last"), 1)
 
 
 def test_elliptical_oracle_keeps_the_exact_inverse():

@@ -89,12 +89,16 @@ def test_killed_comparison_resumes_to_the_uninterrupted_result(tmp_path: Path) -
     assert tables(broken) == tables(whole)
     doc = json.loads((broken / "compare.json").read_text())
     assert doc["finished_runs"] == doc["planned_runs"] == 2
+    assert doc["total_seconds"] == pytest.approx(sum(
+        s["train_seconds"] + s["eval_seconds"] for row in doc["rows"] for s in row["per_seed"]))
+    assert doc["total_seconds"] > 0
     h2h = doc["head_to_head"]
     assert h2h["denpo"]["online-dpo"]["win_rate"] == pytest.approx(
         1 - h2h["online-dpo"]["denpo"]["win_rate"])
     assert (broken / "compare.png").stat().st_size > 0
     page = (broken / "compare.md").read_text()
     assert "2 of 2 runs finished" in page and "| denpo |" in page
+    assert f"summed over the 2 finished runs: **{doc['total_seconds'] / 3600:.2f} h**" in page
     # The second judge here is the training judge itself, on the same evaluation samples:
     # it must give back each run's evaluated win-rate.
     second = doc["second_judge"]["rows"]

@@ -403,10 +403,19 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
                    "heldout": recipe.data.heldout,
                    "eval_max_new_tokens": recipe.eval.max_new_tokens,
                    "eval_samples_per_prompt": recipe.eval.n_samples_per_prompt},
-        "rows": rows, "head_to_head": head_to_head(comparison, done, samples),
+        "rows": rows, "total_seconds": total_seconds(rows),
+        "head_to_head": head_to_head(comparison, done, samples),
         "second_judge": second_judge_rates(comparison, done, samples),
         "ci_level": CI_LEVEL,
     }
+
+
+def total_seconds(rows: list[dict[str, Any]]) -> float:
+    """Train plus evaluation wall seconds summed over the finished runs: what the whole
+    comparison costs, whether it ran in one invocation or was resumed (model loading and the
+    head-to-head judging, seconds in all, are not in it)."""
+    return float(sum(s["train_seconds"] + s["eval_seconds"]
+                     for row in rows for s in row["per_seed"]))
 
 
 def _ci_text(mean: float, ci: list[float]) -> str:
@@ -428,6 +437,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{r['iterations']} iterations × {r['prompts_per_iteration']} prompts, evaluation on "
         f"{r['heldout']} held-out prompts ({r['eval_samples_per_prompt']} sample each, "
         f"≤ {r['eval_max_new_tokens']} tokens), last iterate.", "",
+        *_total_lines(doc),
         "## Win-rate against the reference", "",
         f"Per seed: mean P(policy ≻ reference) over prompts with a {doc['ci_level']:.0%} "
         "t-interval. Pooled: per-prompt mean over seeds, t-interval over prompts (the seed "
@@ -466,6 +476,15 @@ def markdown(doc: dict[str, Any]) -> str:
             cells.append("—" if a == b or cell is None else _ci_text(cell["win_rate"], cell["ci"]))
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return "\n".join(lines + _second_judge_lines(doc)) + "\n"
+
+
+def _total_lines(doc: dict[str, Any]) -> list[str]:
+    if "total_seconds" not in doc or not doc["finished_runs"]:
+        return []
+    total = doc["total_seconds"]
+    return [f"Train + evaluation time summed over the {doc['finished_runs']} finished runs: "
+            f"**{total / 3600:.2f} h** ({total / 60 / doc['finished_runs']:.1f} min per run).",
+            ""]
 
 
 def _second_judge_lines(doc: dict[str, Any]) -> list[str]:

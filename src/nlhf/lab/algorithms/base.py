@@ -43,6 +43,7 @@ class LabSettings:
     eta_schedule: str = "harmonic"  # or "constant"
     eta_slope: float = 4.0  # the eta rule, eta = eta_slope·tau + eta_offset (docs/lab.md)
     eta_offset: float = 0.25
+    step_a_prior: str = "memory"  # ENPO's ridge centre: "memory" or "omd" (SPEC; docs/lab.md)
 
     @property
     def base_eta(self) -> float:
@@ -230,13 +231,27 @@ def as_rows(x: float | np.ndarray, ndim: int = 3) -> float | np.ndarray:
     return x if np.ndim(x) == 0 else np.asarray(x).reshape(-1, *([1] * (ndim - 1)))
 
 
-def omd_prior(old: np.ndarray, log_ref: np.ndarray, tau, eta) -> np.ndarray:
-    """log of pi_t^{1−tau/eta}·pi_ref^{tau/eta}, normalised: where OMD leaves unseen responses.
+def omd_prior(old: np.ndarray, log_ref: np.ndarray, tau, eta, gain=0.0) -> np.ndarray:
+    """log of pi_t^{1−tau/eta}·pi_ref^{tau/eta}·exp(gain/eta), normalised: OMD's step.
 
-    ``tau`` and ``eta`` are scalars or per-row arrays (B,).
+    With ``gain`` 0 (the default) it is where OMD leaves responses no data pins down; with
+    gain = P(· ≻ pi_t) it is the exact OMD step. ``tau`` and ``eta`` are scalars or per-row
+    arrays (B,).
     """
     mix = as_rows(np.asarray(tau) / np.asarray(eta))
-    return log_softmax((1.0 - mix) * old + mix * log_ref, axis=-1)
+    return log_softmax((1.0 - mix) * old + mix * log_ref + gain / as_rows(eta), axis=-1)
+
+
+def memory_prior(old: np.ndarray, log_ref: np.ndarray, tau, eta,
+                 labels: np.ndarray) -> np.ndarray:
+    """The OMD step under the last label of each response: where unpinned responses go.
+
+    ``labels`` (B, C, K) holds a response's latest win-rate label I(y) against pi_t's
+    comparators, NaN where there is none to use. Its advantage estimate is I(y) − 1/2 (pi_t
+    ties itself: Σ_y pi_t(y)·P(y ≻ pi_t) = 1/2), and a response without a label gets 0, i.e.
+    :func:`omd_prior`'s step; with exact labels for every response it is the OMD step.
+    """
+    return omd_prior(old, log_ref, tau, eta, gain=np.nan_to_num(labels - 0.5, nan=0.0))
 
 
 def stack_games(game: Game | Sequence[Game]) -> tuple[Game, ...]:

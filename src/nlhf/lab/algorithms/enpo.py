@@ -18,6 +18,7 @@ from nlhf.lab.algorithms.base import (
     LabSettings,
     TabularAlgorithm,
     as_rows,
+    memory_prior,
     newton_minimise,
     omd_prior,
     ridge,
@@ -42,6 +43,10 @@ class ENPO(TabularAlgorithm):
         self.oracle_explore = EllipticalOracle(self.B, *self.log_ref.shape[1:], settings.lam)
         self.adv_logp = self.logp.copy()
         self.policy_sum = np.zeros_like(self.logp)
+        if settings.step_a_prior not in ("omd", "memory"):
+            raise ValueError(
+                f"step_a_prior must be 'omd' or 'memory', got {settings.step_a_prior!r}")
+        self.labels = np.full_like(self.logp, np.nan)  # last I(y) per response (memory prior)
 
     @property
     def average_policy(self) -> np.ndarray:
@@ -69,7 +74,11 @@ class ENPO(TabularAlgorithm):
     def step_a(self, ctx, a, b, score_a, score_b, fresh_ctx, fresh) -> np.ndarray:
         st = self.settings
         eta, tau = self.eta, self.tau
-        prior = omd_prior(self.logp, self.log_ref, tau, eta)
+        if st.step_a_prior == "memory":
+            # responses no pair pins move by their latest label (this round's included)
+            prior = memory_prior(self.logp, self.log_ref, tau, eta, self.labels)
+        else:
+            prior = omd_prior(self.logp, self.log_ref, tau, eta)
 
         def objective(theta, ctx, a, b, gap, fctx, fresh, ref_a, ref_b, old_a, old_b, prior,
                       eta, tau):
@@ -84,6 +93,10 @@ class ENPO(TabularAlgorithm):
                             as_rows(eta, 2), as_rows(tau, 2))
         return newton_minimise(objective, prior, data, quadratic=st.alpha == 0)
 
+    def remember(self, ctx: np.ndarray, y: np.ndarray, score: np.ndarray) -> None:
+        """Keep each response's latest label (the last pair of a round wins a tie)."""
+        self.labels[np.arange(self.B)[:, None], ctx, y] = score
+
     def step_b(self, new_logp: np.ndarray) -> None:
         """Elliptical ENPO keeps its oracle's state; pihat is chosen in ``collect``."""
 
@@ -96,6 +109,8 @@ class ENPO(TabularAlgorithm):
         ctx, a, b = self.buffer.draw(self.rng, st.pairs)
         score_a, z_a = self.win_rate(ctx, a)
         score_b, z_b = self.win_rate(ctx, b)
+        self.remember(ctx, a, score_a)
+        self.remember(ctx, b, score_b)
         fresh = np.concatenate([z_a, z_b], axis=-1).reshape(self.B, -1)
         fresh_ctx = np.repeat(ctx[..., None], 2 * st.comparators, axis=-1).reshape(self.B, -1)
         new_logp = self.step_a(ctx, a, b, score_a, score_b, fresh_ctx, fresh)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nlhf.lab.algorithms.base import TabularAlgorithm, as_rows, stack_games
-from nlhf.lab.numerics import log_softmax
+from nlhf.lab.algorithms.base import TabularAlgorithm, omd_prior, stack_games
 
 
 def omd_step(logp: np.ndarray, log_ref: np.ndarray, P: np.ndarray, tau, eta):
@@ -13,9 +12,8 @@ def omd_step(logp: np.ndarray, log_ref: np.ndarray, P: np.ndarray, tau, eta):
 
     ``tau`` and ``eta`` are scalars or per-row arrays (B,) for tables (B, C, K).
     """
-    mix, eta = as_rows(np.asarray(tau) / np.asarray(eta)), as_rows(eta)
     wins = np.einsum("...ij,...j->...i", P, np.exp(logp))
-    return log_softmax((1.0 - mix) * logp + mix * log_ref + wins / eta, axis=-1)
+    return omd_prior(logp, log_ref, tau, eta, gain=wins)
 
 
 class OMD(TabularAlgorithm):
