@@ -45,6 +45,10 @@ class LabSettings:
     eta_offset: float = 0.25
     step_a_prior: str = "memory"  # ENPO's ridge centre: "memory" or "omd" (SPEC; docs/lab.md)
 
+    def __post_init__(self) -> None:
+        if self.step_a_prior not in ("omd", "memory"):
+            raise ValueError(f"step_a_prior must be 'omd' or 'memory', got {self.step_a_prior!r}")
+
     @property
     def base_eta(self) -> float:
         return float(self.eta_for(self.tau))

@@ -46,8 +46,6 @@ class DENPOExplore(DENPO):
         score_b, z_b = self.win_rate(ctx, y2)
         fresh = np.concatenate([z_a, z_b], axis=-1).reshape(self.B, -1)
         fresh_ctx = np.repeat(ctx[..., None], 2 * st.comparators, axis=-1).reshape(self.B, -1)
-        self.remember(ctx, y, score_a)
-        self.remember(ctx, y2, score_b)
         new_logp = self.step_a(ctx, y, y2, score_a, score_b, fresh_ctx, fresh)
         self._adv_ctx, self._adv_y = ctx, y2
         self.step_b(new_logp)

@@ -43,9 +43,6 @@ class ENPO(TabularAlgorithm):
         self.oracle_explore = EllipticalOracle(self.B, *self.log_ref.shape[1:], settings.lam)
         self.adv_logp = self.logp.copy()
         self.policy_sum = np.zeros_like(self.logp)
-        if settings.step_a_prior not in ("omd", "memory"):
-            raise ValueError(
-                f"step_a_prior must be 'omd' or 'memory', got {settings.step_a_prior!r}")
         self.labels = np.full_like(self.logp, np.nan)  # last I(y) per response (memory prior)
 
     @property
@@ -74,6 +71,8 @@ class ENPO(TabularAlgorithm):
     def step_a(self, ctx, a, b, score_a, score_b, fresh_ctx, fresh) -> np.ndarray:
         st = self.settings
         eta, tau = self.eta, self.tau
+        self.remember(ctx, a, score_a)
+        self.remember(ctx, b, score_b)
         if st.step_a_prior == "memory":
             # responses no pair pins move by their latest label (this round's included)
             prior = memory_prior(self.logp, self.log_ref, tau, eta, self.labels)
@@ -109,8 +108,6 @@ class ENPO(TabularAlgorithm):
         ctx, a, b = self.buffer.draw(self.rng, st.pairs)
         score_a, z_a = self.win_rate(ctx, a)
         score_b, z_b = self.win_rate(ctx, b)
-        self.remember(ctx, a, score_a)
-        self.remember(ctx, b, score_b)
         fresh = np.concatenate([z_a, z_b], axis=-1).reshape(self.B, -1)
         fresh_ctx = np.repeat(ctx[..., None], 2 * st.comparators, axis=-1).reshape(self.B, -1)
         new_logp = self.step_a(ctx, a, b, score_a, score_b, fresh_ctx, fresh)
